@@ -1,0 +1,18 @@
+"""One exception type per failure family, shown once at the command's door."""
+from __future__ import annotations
+
+
+class Raytrain8mError(Exception):
+    """Base class: commands print these plainly and exit non-zero."""
+
+
+class ConfigError(Raytrain8mError, ValueError):
+    """A flag, config key or model name that cannot be used."""
+
+
+class CheckpointError(Raytrain8mError):
+    """A checkpoint that is missing, unreadable or of a different model."""
+
+
+class BudgetError(Raytrain8mError):
+    """An ensemble larger than its size budget."""
