@@ -1,0 +1,64 @@
+"""Score a checkpoint (or any predictor) on a labelled split: GAP, Hit@1, PERR, mAP."""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+import tensorflow as tf
+from tqdm import tqdm
+
+from raytrain8m.checkpoint import Checkpoint, load_checkpoint
+from raytrain8m.data.batches import iter_batches, to_model_inputs
+from raytrain8m.metrics import MetricsAccumulator
+from raytrain8m.models import GatedNetVLAD, create_variables
+
+log = logging.getLogger(__name__)
+
+# frames [batch, frames, 1152] float32, num_frames [batch] int32 -> probabilities [batch, V]
+Predictor = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
+def model_from_tensors(checkpoint: Checkpoint) -> GatedNetVLAD:
+    """An eager model (outside any distribution strategy) holding a checkpoint's weights."""
+    variables = create_variables(checkpoint.config, zeros=True)
+    for name, variable in variables.items():
+        variable.assign(tf.cast(checkpoint.tensors[name], variable.dtype))
+    return GatedNetVLAD(checkpoint.config, variables)
+
+
+def predictor(model: GatedNetVLAD) -> Predictor:
+    """A compiled inference function (deterministic frame sampling, moving BN statistics)."""
+    spec = (tf.TensorSpec([None, None, model.config.feature_size], tf.float32),
+            tf.TensorSpec([None], tf.int32))
+    forward = tf.function(lambda frames, num_frames: model(frames, num_frames, training=False),
+                          input_signature=spec)
+    return lambda frames, num_frames: forward(frames, num_frames).numpy()
+
+
+def load_predictor(path: str | os.PathLike) -> tuple[Predictor, Checkpoint]:
+    checkpoint = load_checkpoint(path, weights_only=True)
+    return predictor(model_from_tensors(checkpoint)), checkpoint
+
+
+def evaluate(predict: Predictor, data: str | Sequence[str], num_classes: int, batch_size: int = 256,
+             max_batches: int | None = None, progress: bool = True, desc: str = "evaluate") -> dict:
+    """Run `predict` over every labelled video of `data` and return the metrics."""
+    accumulator = MetricsAccumulator(num_classes)
+    batches: Iterable = iter_batches(data, batch_size, num_classes=num_classes)
+    for index, batch in enumerate(tqdm(batches, desc=desc, unit="batch", disable=not progress,
+                                       leave=False)):
+        if max_batches is not None and index >= max_batches:
+            break
+        frames, num_frames, labels = to_model_inputs(batch, num_classes)
+        accumulator.add(predict(frames, num_frames), labels)
+    return accumulator.result()
+
+
+def evaluate_checkpoint(path: str | os.PathLike, data: str | Sequence[str], batch_size: int = 256,
+                        progress: bool = True) -> dict:
+    predict, checkpoint = load_predictor(path)
+    metrics = evaluate(predict, data, checkpoint.config.num_classes, batch_size, progress=progress,
+                       desc=f"evaluate {checkpoint.config.name}@{checkpoint.step}")
+    return {"checkpoint": str(path), "model": checkpoint.config.name, "step": checkpoint.step, **metrics}
