@@ -1,0 +1,44 @@
+"""What the sweep knows of each GPU type: memory to fit a trial, speed to order the grid.
+
+Nodes advertise their type with the Ray node label `gpu-type` (`ray start --labels
+gpu-type=T4`, or `labels:` per node type in the autoscaler YAML). Memory is what TF can
+use of the card; speed is peak fp32 TFLOPS from the vendor's data sheets, used only to
+rank types (largest, fastest first).
+"""
+from __future__ import annotations
+
+import dataclasses
+
+from raytrain8m.errors import ConfigError
+
+GPU_TYPE_LABEL = "gpu-type"
+
+
+@dataclasses.dataclass(frozen=True)
+class GpuProfile:
+    name: str
+    memory_gib: float
+    fp32_tflops: float
+    where: str  # "on-prem" or the cloud that rents it
+
+
+GPU_PROFILES: dict[str, GpuProfile] = {profile.name: profile for profile in (
+    GpuProfile("1060", 6, 4.4, "on-prem"),          # GeForce GTX 1060 6GB (the paper's box)
+    GpuProfile("1080Ti", 11, 11.3, "on-prem"),      # GeForce GTX 1080 Ti (the paper's box)
+    GpuProfile("K80", 12, 4.1, "retired"),          # one of the K80's two dies; gone from GCP
+    GpuProfile("P100", 16, 9.3, "gcp"),
+    GpuProfile("T4", 16, 8.1, "gcp"),
+    GpuProfile("V100", 16, 15.7, "gcp"),
+    GpuProfile("L4", 24, 30.3, "gcp"),
+    GpuProfile("A100", 40, 19.5, "gcp"),
+    GpuProfile("H100", 80, 67.0, "gcp"),
+)}
+
+
+def profile(gpu_type: str) -> GpuProfile:
+    try:
+        return GPU_PROFILES[gpu_type]
+    except KeyError:
+        known = ", ".join(GPU_PROFILES)
+        raise ConfigError(f"unknown GPU type {gpu_type!r}; known types: {known} "
+                          "(add a GpuProfile in raytrain8m/gpus.py)") from None
