@@ -1,0 +1,82 @@
+"""Ray Data over YouTube-8M TFRecords (frame- or video-level), CRCs checked, records validated.
+
+`ray.data.read_tfrecords` parses only tf.train.Example and skips the CRCs, hence this
+FileBasedDatasource. Each read task streams one file and yields Arrow tables with the columns
+of raytrain8m.data.examples.FRAME_SCHEMA (or VIDEO_SCHEMA).
+"""
+from __future__ import annotations
+
+import logging
+from typing import Iterator, Sequence
+
+import pyarrow as pa
+import ray
+from ray.data.datasource import FileBasedDatasource
+
+from raytrain8m.data.examples import FRAME_SCHEMA, VIDEO_SCHEMA, decode_records
+from raytrain8m.data.files import expand
+from raytrain8m.data.schema import MAX_FRAMES
+from raytrain8m.data.tfrecord import ReadStats, iter_framed
+
+log = logging.getLogger(__name__)
+
+
+class YouTube8MDatasource(FileBasedDatasource):
+    """Streams TFRecord files through the masked-CRC32C reader and the record decoder."""
+
+    _FILE_EXTENSIONS = None  # shards are named train0000.tfrecord but any name is accepted
+
+    def __init__(self, paths: str | list[str], num_classes: int | None = None,
+                 video_level: bool = False, skip_corrupt: bool = False,
+                 max_frames: int = MAX_FRAMES, records_per_block: int = 256, **file_based_args):
+        schema = VIDEO_SCHEMA if video_level else FRAME_SCHEMA
+        super().__init__(paths, schema=schema, **file_based_args)
+        self._num_classes = num_classes
+        self._video_level = video_level
+        self._skip_corrupt = skip_corrupt
+        self._max_frames = max_frames
+        self._records_per_block = records_per_block
+
+    def _read_stream(self, f: pa.NativeFile, path: str) -> Iterator[pa.Table]:
+        stats = ReadStats()
+        chunk = []
+        for item in iter_framed(f, path, self._skip_corrupt, stats):
+            chunk.append(item)
+            if len(chunk) == self._records_per_block:
+                yield self._decode(chunk, path, stats)
+                chunk = []
+        if chunk:
+            yield self._decode(chunk, path, stats)
+        if stats.skipped:
+            log.warning("%s: skipped %d corrupt records, kept %d", path, stats.skipped,
+                        stats.records)
+
+    def _decode(self, chunk, path: str, stats: ReadStats) -> pa.Table:
+        batch = decode_records(chunk, path, self._num_classes, self._max_frames,
+                               self._video_level, self._skip_corrupt, stats)
+        return pa.Table.from_batches([batch])
+
+
+def read_dataset(glob_or_paths: str | Sequence[str], num_classes: int | None = None,
+                 skip_corrupt: bool = False, video_level: bool = False,
+                 max_frames: int = MAX_FRAMES, shuffle_files: bool = False,
+                 override_num_blocks: int | None = None, **file_based_args) -> ray.data.Dataset:
+    """A Ray Dataset of the videos in `glob_or_paths` (local, gs://, s3://, file:// or a
+    registered scheme); globs are expanded here so a glob matching nothing is a DataError."""
+    filesystem, paths = expand(glob_or_paths)
+    if shuffle_files:
+        file_based_args.setdefault("shuffle", "files")
+    source = YouTube8MDatasource(paths, num_classes=num_classes, video_level=video_level,
+                                 skip_corrupt=skip_corrupt, max_frames=max_frames,
+                                 filesystem=filesystem, **file_based_args)
+    return ray.data.read_datasource(source, override_num_blocks=override_num_blocks)
+
+
+def to_parquet(dataset_or_glob: ray.data.Dataset | str | Sequence[str], out_dir: str,
+               **read_args) -> str:
+    """Materialise decoded videos as Parquet under `out_dir` (e.g. for many epochs: skips the
+    protobuf decode and CRCs on every pass); read back with `ray.data.read_parquet(out_dir)`."""
+    dataset = (dataset_or_glob if isinstance(dataset_or_glob, ray.data.Dataset)
+               else read_dataset(dataset_or_glob, **read_args))
+    dataset.write_parquet(out_dir)
+    return out_dir

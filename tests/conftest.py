@@ -1,0 +1,37 @@
+"""Shared fixtures: one tiny synthetic data set and one local Ray per test session.
+
+- `synthetic_dir` (Path): made once by `raytrain8m.data.generate` with SYNTHETIC below:
+  DIR/train000{0,1}.tfrecord, validate000{0,1}.tfrecord, test000{0,1}.tfrecord (test
+  unlabelled) and DIR/synthetic.json (the generator's summary). Treat it as read-only.
+- `ray_session`: `ray.init(num_cpus=2, include_dashboard=False)` once, shut down at the end;
+  request it in any test that builds Ray Datasets, tasks or actors.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+# 120 videos (84 train, 24 validate, 12 test), 20 classes, 3..12 frames a video.
+SYNTHETIC = dict(videos=120, classes=20, max_frames=12, shards=2, seed=0)
+
+
+@pytest.fixture(scope="session")
+def synthetic_dir(tmp_path_factory) -> Path:
+    from raytrain8m.data.synthetic import generate
+
+    out = tmp_path_factory.mktemp("synthetic")
+    generate(str(out), progress=False, **SYNTHETIC)
+    return out
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    import ray
+
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=2, include_dashboard=False)
+    yield ray
+    if started:
+        ray.shutdown()
