@@ -1,0 +1,252 @@
+"""Test-set predictions in the Kaggle format, with Ray Data across the cluster's workers.
+
+One input file is one unit of work: a pool of actors (each loads the exported model once,
+on a GPU where asked) turns a file into its CSV rows; the driver writes each file's rows
+to `OUT.parts/` as they arrive, so a restart redoes only unfinished files, then merges the
+parts into OUT atomically. The model travels through Ray's object store, so workers need
+no shared filesystem for it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from raytrain8m.data.schema import DataError
+from raytrain8m.errors import ConfigError
+from raytrain8m.export import ENSEMBLE_JSON, META_DIR, META_PREFIX, SAVED_MODEL
+
+log = logging.getLogger(__name__)
+
+HEADER = "VideoId,LabelConfidencePairs"
+TOP_K = 20
+SOURCES = ("saved_model", "meta_graph")
+_URI = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
+
+Predict = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
+def load_model(model_dir: str | os.PathLike, source: str = "saved_model") -> Predict:
+    """(frames, num_frames) → predictions from an export: its SavedModel or its TF1 MetaGraph."""
+    import tensorflow as tf
+
+    model_dir = Path(model_dir)
+    if source == "saved_model":
+        serve = tf.saved_model.load(str(model_dir / SAVED_MODEL)).signatures["serving_default"]
+        return lambda frames, num_frames: serve(frames=tf.constant(frames, tf.float32),
+                                                num_frames=tf.constant(num_frames, tf.int32))["predictions"].numpy()
+    if source == "meta_graph":  # exactly as the starter's inference.py
+        prefix = str(model_dir / META_DIR / META_PREFIX)
+        graph = tf.Graph()
+        with graph.as_default():
+            saver = tf.compat.v1.train.import_meta_graph(prefix + ".meta", clear_devices=True)
+            session = tf.compat.v1.Session(graph=graph)
+            saver.restore(session, prefix)
+            inputs = tf.compat.v1.get_collection("input_batch_raw")[0]
+            num_frames_input = tf.compat.v1.get_collection("num_frames")[0]
+            predictions = tf.compat.v1.get_collection("predictions")[0]
+            session.run(tf.compat.v1.local_variables_initializer())
+        return lambda frames, num_frames: session.run(predictions, {inputs: frames, num_frames_input: num_frames})
+    raise ConfigError(f"unknown model source {source!r}; choose one of {', '.join(SOURCES)}")
+
+
+def format_rows(ids: Sequence[str], predictions: np.ndarray, top_k: int = TOP_K) -> list[str]:
+    """`id,label conf label conf …`: the top_k most confident, most confident first, 6 decimals."""
+    k = min(top_k, predictions.shape[1])
+    top = np.argpartition(-predictions, k - 1, axis=1)[:, :k]
+    rows = []
+    for video_id, candidates, scores in zip(ids, top, predictions):
+        order = candidates[np.lexsort((candidates, -scores[candidates]))]
+        rows.append(f"{video_id}," + " ".join(f"{label} {scores[label]:.6f}" for label in order))
+    return rows
+
+
+def predict_file(predict: Predict, path: str, batch_size: int, num_classes: int) -> list[str]:
+    from raytrain8m.data.batches import iter_batches, to_model_inputs
+
+    rows = []
+    for batch in iter_batches(path, batch_size):
+        ids = [str(video_id) if video_id is not None else "" for video_id in batch["id"]]
+        if not all(ids):
+            raise DataError(path, None, "videos without an id; inference needs the `id` of every video")
+        frames, num_frames, _ = to_model_inputs(batch, num_classes)
+        rows.extend(format_rows(ids, np.asarray(predict(frames, num_frames))))
+    return rows
+
+
+def _pack(model_dir: Path, source: str) -> dict[str, bytes]:
+    root = model_dir / (SAVED_MODEL if source == "saved_model" else META_DIR)
+    return {str(path.relative_to(model_dir)): path.read_bytes() for path in root.rglob("*") if path.is_file()}
+
+
+class FilePredictor:
+    """Ray Data callable class: loads the model once per actor, turns input files into CSV rows."""
+
+    def __init__(self, model_ref: list, source: str, batch_size: int, num_classes: int):
+        import ray
+
+        self.directory = Path(tempfile.mkdtemp(prefix="raytrain8m-model-"))
+        for relative, payload in ray.get(model_ref[0]).items():
+            target = self.directory / relative
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(payload)
+        self.predict = load_model(self.directory, source)
+        self.batch_size, self.num_classes = batch_size, num_classes
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        texts, errors, records, videos = [], [], [], []
+        for path in batch["path"]:
+            try:
+                rows = predict_file(self.predict, str(path), self.batch_size, self.num_classes)
+                texts.append("".join(row + "\n" for row in rows))
+                errors.append("")
+                records.append(-1)
+                videos.append(len(rows))
+            except DataError as error:  # returned, and raised by the driver naming the file
+                texts.append("")
+                errors.append(error.why)
+                records.append(-1 if error.record is None else error.record)
+                videos.append(0)
+        return {"path": np.asarray(batch["path"], dtype=object), "text": np.asarray(texts, dtype=object),
+                "error": np.asarray(errors, dtype=object), "record": np.asarray(records, np.int64),
+                "videos": np.asarray(videos, np.int64)}
+
+
+@dataclasses.dataclass
+class InferSummary:
+    out: str
+    files: int
+    skipped: int
+    processed: int
+    videos: int
+    seconds: float
+    workers: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _input_files(data: str | Sequence[str]) -> list[str]:
+    """Input files as paths/URIs each reader can open again (sorted, as the glob matched them)."""
+    from raytrain8m.data.files import expand
+
+    _, paths = expand(data)
+    first = data if isinstance(data, str) else os.fspath(list(data)[0])
+    match = _URI.match(first)
+    if match and match.group(1).lower() != "file":
+        return [f"{match.group(1)}://{path.lstrip('/')}" for path in paths]
+    return paths
+
+
+def _part_name(path: str) -> str:
+    return f"{Path(path).name}-{hashlib.sha1(path.encode()).hexdigest()[:10]}.csv"
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    staging = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        staging.write_text(text)
+        os.replace(staging, path)
+    finally:
+        staging.unlink(missing_ok=True)
+
+
+def _prepare_parts(parts: Path, fingerprint: str) -> None:
+    """The parts directory for this model; parts made by another model are discarded."""
+    manifest = parts / "manifest.json"
+    if parts.exists() and (not manifest.is_file() or json.loads(manifest.read_text()).get("model") != fingerprint):
+        log.warning("%s holds parts of another model or run; starting over", parts)
+        shutil.rmtree(parts)
+    parts.mkdir(parents=True, exist_ok=True)
+    if not manifest.is_file():
+        _write_atomically(manifest, json.dumps({"model": fingerprint}) + "\n")
+
+
+def _fingerprint(model_dir: Path, source: str) -> str:
+    ensemble = (model_dir / ENSEMBLE_JSON).read_bytes()
+    stamp = [(str(p.relative_to(model_dir)), p.stat().st_size, p.stat().st_mtime_ns)
+             for p in sorted(model_dir.rglob("*")) if p.is_file()]
+    return hashlib.sha1(ensemble + repr((source, stamp)).encode()).hexdigest()
+
+
+def infer(model_dir: str | os.PathLike, data: str | Sequence[str], out: str | os.PathLike,
+          batch_size: int = 256, workers: int | None = None, use_gpu: bool = False,
+          source: str = "saved_model", progress: bool = True) -> InferSummary:
+    """Predict every video of `data` with the export at `model_dir`; write the Kaggle CSV `out`."""
+    import ray
+    from tqdm import tqdm
+
+    from raytrain8m import settings
+
+    started = time.monotonic()
+    model_dir, out = Path(model_dir), Path(out)
+    if not (model_dir / ENSEMBLE_JSON).is_file():
+        raise ConfigError(f"{model_dir}: no {ENSEMBLE_JSON}; not an exported model (run jobs/ensemble.py)")
+    if source not in SOURCES:
+        raise ConfigError(f"unknown model source {source!r}; choose one of {', '.join(SOURCES)}")
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
+    num_classes = int(json.loads((model_dir / ENSEMBLE_JSON).read_text())["num_classes"])
+    files = _input_files(data)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    parts = out.with_name(out.name + ".parts")
+    _prepare_parts(parts, _fingerprint(model_dir, source))
+    pending = [path for path in files if not (parts / _part_name(path)).is_file()]
+    log.info("%d input files, %d already done, %d to predict", len(files), len(files) - len(pending), len(pending))
+
+    videos, pool = 0, 0
+    if pending:
+        if not ray.is_initialized():
+            ray.init(address=settings.ray_address(), log_to_driver=False,
+                     runtime_env={"env_vars": {"TF_CPP_MIN_LOG_LEVEL": settings.tf_log_level()}})
+        resources = ray.cluster_resources()
+        if use_gpu and resources.get("GPU", 0) < 1:
+            raise ConfigError("--use-gpu, but the Ray cluster has no GPU")
+        available = int(resources.get("GPU", 0)) if use_gpu else max(1, int(resources.get("CPU", 1)) // 2)
+        pool = max(1, min(workers or available, len(pending)))
+        context = ray.data.DataContext.get_current()
+        context.enable_progress_bars = False
+        model_ref = [ray.put(_pack(model_dir, source))]
+        dataset = ray.data.from_items([{"path": path} for path in pending], override_num_blocks=len(pending))
+        results = dataset.map_batches(
+            FilePredictor, batch_size=1, compute=ray.data.ActorPoolStrategy(size=pool),
+            fn_constructor_kwargs={"model_ref": model_ref, "source": source, "batch_size": batch_size,
+                                   "num_classes": num_classes},
+            num_cpus=1, num_gpus=1 if use_gpu else 0)
+        errors = []
+        with tqdm(total=len(pending), desc="infer", unit="file", disable=not progress) as bar:
+            for result in results.iter_rows():
+                if result["error"]:
+                    errors.append(result)
+                else:
+                    _write_atomically(parts / _part_name(result["path"]), result["text"])
+                    videos += int(result["videos"])
+                bar.update(1)
+        if errors:
+            first = errors[0]
+            more = f" (and {len(errors) - 1} more files failed)" if len(errors) > 1 else ""
+            raise DataError(first["path"], None if first["record"] < 0 else int(first["record"]),
+                            first["error"] + more)
+
+    staging = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        with open(staging, "w") as merged:
+            merged.write(HEADER + "\n")
+            for path in files:
+                merged.write((parts / _part_name(path)).read_text())
+        os.replace(staging, out)
+    finally:
+        staging.unlink(missing_ok=True)
+    return InferSummary(str(out), len(files), len(files) - len(pending), len(pending), videos,
+                        round(time.monotonic() - started, 2), pool)

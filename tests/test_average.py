@@ -1,0 +1,103 @@
+"""Checkpoint averaging: the elementwise mean of model variables, refusals, the --auto search."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from _ensemble_helpers import load_job, random_checkpoint, tiny_config
+from raytrain8m.average import auto_average, average, candidate_ranges, resolve_checkpoints, select
+from raytrain8m.checkpoint import load_checkpoint, save_checkpoint
+from raytrain8m.errors import CheckpointError
+from raytrain8m.models import variable_specs
+
+
+def _run(tmp_path, count=3, config=None):
+    config = config or tiny_config()
+    rng = np.random.default_rng(0)
+    paths = []
+    for index in range(count):
+        extra = {"tower/hidden1_bn/moving_mean": rng.normal(size=config.hidden_size).astype(np.float32),
+                 "optimizer/tower/hidden1_weights/m": np.full((3,), index, np.float32),
+                 "optimizer/iterations": np.array(index * 10, np.int64)}
+        paths.append(random_checkpoint(tmp_path / "run" / f"ckpt-{index}", config, seed=index,
+                                       step=(index + 1) * 10, extra=extra))
+    return paths
+
+
+def test_average_is_the_elementwise_mean_including_moving_statistics(tmp_path):
+    paths = _run(tmp_path)
+    out = average(paths, tmp_path / "avg")
+    averaged = load_checkpoint(out)
+    inputs = [load_checkpoint(path) for path in paths]
+    names = {spec.name for spec in variable_specs(averaged.config)}
+    assert set(averaged.tensors) == names  # optimizer slots and step counter left out
+    for name in names:
+        expected = np.mean([checkpoint.tensors[name] for checkpoint in inputs], axis=0)
+        np.testing.assert_allclose(averaged.tensors[name], expected, rtol=1e-6, atol=1e-7)
+    moving = [c.tensors["tower/hidden1_bn/moving_mean"] for c in inputs]
+    assert not np.allclose(moving[0], moving[1])  # the moving statistics really differ, and were averaged
+    assert averaged.step == 30 and averaged.state["range"] == [10, 30]
+    assert averaged.state["averaged_from"] == [str(p) for p in paths]
+
+
+def test_averaging_different_models_is_refused_naming_both_paths_and_the_key(tmp_path):
+    small = random_checkpoint(tmp_path / "small", tiny_config(4, 16), seed=0, step=1)
+    large = random_checkpoint(tmp_path / "large", tiny_config(8, 24), seed=0, step=2)
+    with pytest.raises(CheckpointError) as caught:
+        average([small, large], tmp_path / "avg")
+    message = str(caught.value)
+    assert str(small) in message and str(large) in message and "cluster_size" in message
+    assert not (tmp_path / "avg").exists()
+
+
+def test_averaging_a_tensor_of_another_shape_is_refused_naming_the_tensor(tmp_path):
+    config = tiny_config()
+    good = random_checkpoint(tmp_path / "good", config, seed=0, step=1)
+    tensors = dict(load_checkpoint(good).tensors)
+    tensors["tower/hidden2_biases"] = np.zeros(5, np.float32)
+    bad = save_checkpoint(tmp_path / "bad", config, tensors, step=2)
+    with pytest.raises(CheckpointError, match="tower/hidden2_biases"):
+        average([good, bad], tmp_path / "avg")
+
+
+def test_a_run_directory_resolves_to_its_checkpoints_and_a_step_range_selects_them(tmp_path):
+    paths = _run(tmp_path, count=4)
+    assert resolve_checkpoints([tmp_path / "run"]) == paths
+    assert select(paths, 20, 30) == paths[1:3]
+    with pytest.raises(CheckpointError):
+        resolve_checkpoints([tmp_path / "nowhere"])
+
+
+@pytest.mark.parametrize("count,best", [(2, 0), (5, 2), (10, 9), (20, 4)])
+def test_candidate_ranges_surround_the_best_checkpoint(count, best):
+    ranges = candidate_ranges(count, best, max_ranges=8)
+    assert ranges and len(ranges) == len(set(ranges)) <= 8
+    for start, end in ranges:
+        assert 0 <= start <= best <= end < count and end - start >= 1
+
+
+def test_auto_average_keeps_the_best_range_and_logs_to_mlflow(tmp_path, synthetic_dir, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    paths = _run(tmp_path, count=4)
+    summary = auto_average([tmp_path / "run"], str(synthetic_dir / "validate*.tfrecord"), tmp_path / "best",
+                           max_ranges=3, progress=False)
+    assert len(summary.singles) == 4 and len(summary.candidates) == 3
+    assert summary.averaged_gap == max(row["gap"] for row in summary.candidates)
+    assert summary.best_single_gap == max(row["gap"] for row in summary.singles)
+    state = load_checkpoint(tmp_path / "best").state
+    assert state["averaged_gap"] == summary.averaged_gap and state["best_single_gap"] == summary.best_single_gap
+    assert state["range"] == list(summary.averaged_range)
+    assert set(summary.averaged_from) <= {str(p) for p in paths}
+    from raytrain8m import tracking
+
+    runs = tracking.find_runs()
+    assert runs and runs[0].data.metrics["averaged_gap"] == pytest.approx(summary.averaged_gap)
+
+
+def test_average_job_prints_one_error_line_and_exits_2(tmp_path, capsys):
+    small = random_checkpoint(tmp_path / "small", tiny_config(4, 16), seed=0, step=1)
+    large = random_checkpoint(tmp_path / "large", tiny_config(8, 24), seed=0, step=2)
+    code = load_job("average").main([str(small), str(large), "--out", str(tmp_path / "avg")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: ") and "Traceback" not in err
+    assert not (tmp_path / "avg").exists()

@@ -1,0 +1,147 @@
+"""Export: fp16 storage, the TF1 MetaGraph contract in a fresh process, atomic writes, compression."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from _ensemble_helpers import load_job, random_checkpoint, tiny_config
+from raytrain8m.checkpoint import load_checkpoint
+from raytrain8m.compress import built_size_mib, compress_checkpoint
+from raytrain8m.ensemble import member_from_checkpoint
+from raytrain8m.errors import ConfigError
+from raytrain8m.evaluate import load_predictor
+from raytrain8m.export import export_ensemble
+from raytrain8m.infer import load_model
+from raytrain8m.models import BIG_TENSORS, ModelConfig
+
+
+@pytest.fixture
+def two_members(tmp_path):
+    paths = [random_checkpoint(tmp_path / "a", tiny_config(4, 16), seed=1, step=1),
+             random_checkpoint(tmp_path / "b", tiny_config(8, 24), seed=2, step=1)]
+    return [member_from_checkpoint(path) for path in paths]
+
+
+def _inputs(videos=5, frames=30, seed=0):
+    rng = np.random.default_rng(seed)
+    return (rng.uniform(-2, 2, (videos, frames, 1152)).astype(np.float32),
+            np.array([frames, 1, 7, 12, frames][:videos], np.int32))
+
+
+def test_the_export_stores_big_tensors_as_float16_and_predicts_as_fp32_within_1e_3(two_members, tmp_path):
+    out = export_ensemble(two_members, [0.7, 0.3], tmp_path / "export")
+    reader = tf.train.load_checkpoint(str(out / "inference_model" / "inference_model"))
+    dtypes = reader.get_variable_to_dtype_map()
+    for index in range(2):
+        for name in BIG_TENSORS:
+            assert dtypes[f"member{index}/{name}"] == tf.float16
+        assert dtypes[f"member{index}/tower/hidden2_weights"] == tf.float32
+        assert dtypes[f"member{index}/tower/gating_bn/moving_mean"] == tf.float32
+    frames, num_frames = _inputs()
+    fp32 = sum(w * load_predictor(m.checkpoint)[0](frames, num_frames) for w, m in zip([0.7, 0.3], two_members))
+    for source in ("meta_graph", "saved_model"):
+        np.testing.assert_allclose(load_model(out, source)(frames, num_frames), fp32, atol=1e-3)
+    flags = json.loads((out / "model_flags.json").read_text())
+    assert flags["feature_names"] == "rgb,audio" and flags["feature_sizes"] == "1024,128"
+    assert flags["frame_features"] is True and flags["label_loss"] == "CrossEntropyLoss"
+    assert (out / "inference_model" / "model_flags.json").is_file()  # where the starter's --train_dir looks
+    summary = json.loads((out / "ensemble.json").read_text())
+    assert summary["weights"] == [0.7, 0.3]
+    assert summary["size_mib"] == pytest.approx(sum(m.fp16_mib for m in two_members), abs=1e-3)
+
+
+FRESH_PROCESS = textwrap.dedent("""
+    import json, sys
+    import numpy as np
+    import tensorflow as tf
+    meta, frames_path = sys.argv[1], sys.argv[2]
+    data = np.load(frames_path)
+    with tf.Graph().as_default(), tf.compat.v1.Session() as sess:  # as google/youtube-8m's inference.py
+        saver = tf.compat.v1.train.import_meta_graph(meta + ".meta", clear_devices=True)
+        saver.restore(sess, meta)
+        input_tensor = tf.compat.v1.get_collection("input_batch_raw")[0]
+        num_frames_tensor = tf.compat.v1.get_collection("num_frames")[0]
+        predictions_tensor = tf.compat.v1.get_collection("predictions")[0]
+        sess.run(tf.compat.v1.local_variables_initializer())
+        padded = np.zeros((len(data["frames"]), 300, 1152), np.float32)  # the starter pads to 300 frames
+        padded[:, :data["frames"].shape[1]] = data["frames"]
+        predictions = sess.run(predictions_tensor, {input_tensor: padded, num_frames_tensor: data["num_frames"]})
+    print(json.dumps(predictions.tolist()))
+""")
+
+
+@pytest.mark.slow
+def test_the_metagraph_loaded_the_tf1_way_in_a_fresh_process_matches_the_infer_csv(
+        two_members, synthetic_dir, tmp_path, ray_session):
+    from raytrain8m.data.batches import iter_batches, to_model_inputs
+
+    out = export_ensemble(two_members, [0.6, 0.4], tmp_path / "export")
+    test_glob = str(synthetic_dir / "test*.tfrecord")
+    csv = tmp_path / "submission.csv"
+    assert load_job("infer").main(["--model", str(out), "--data", test_glob, "--out", str(csv)]) == 0
+
+    ids, frames, num_frames = [], [], []
+    for batch in iter_batches(test_glob, 1000):
+        f, n, _ = to_model_inputs(batch, 20)
+        ids.extend(batch["id"])
+        frames.append(f)
+        num_frames.append(n)
+    width = max(f.shape[1] for f in frames)
+    frames = np.concatenate([np.pad(f, ((0, 0), (0, width - f.shape[1]), (0, 0))) for f in frames])
+    np.savez(tmp_path / "inputs.npz", frames=frames, num_frames=np.concatenate(num_frames))
+    result = subprocess.run([sys.executable, "-c", FRESH_PROCESS, str(out / "inference_model" / "inference_model"),
+                             str(tmp_path / "inputs.npz")], capture_output=True, text=True, check=True)
+    predictions = np.array(json.loads(result.stdout.strip().splitlines()[-1]))
+
+    lines = csv.read_text().splitlines()
+    assert lines[0] == "VideoId,LabelConfidencePairs" and len(lines) == len(ids) + 1
+    rows = {line.split(",")[0]: line.split(",")[1].split() for line in lines[1:]}
+    for video_id, scores in zip(ids, predictions):
+        pairs = rows[video_id]
+        labels, confidences = [int(x) for x in pairs[::2]], [float(x) for x in pairs[1::2]]
+        assert len(labels) == 20 and confidences == sorted(confidences, reverse=True)
+        np.testing.assert_allclose(confidences, scores[labels], atol=2e-6)
+
+
+def test_a_failed_export_leaves_no_output_and_no_staging_dir(two_members, tmp_path, monkeypatch):
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(tf.saved_model, "save", broken)
+    with pytest.raises(OSError):
+        export_ensemble(two_members, [0.5, 0.5], tmp_path / "out" / "export")
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_the_export_replaces_an_old_export_but_refuses_any_other_directory(two_members, tmp_path):
+    export_ensemble(two_members, [0.5, 0.5], tmp_path / "export")
+    export_ensemble(two_members[:1], [1.0], tmp_path / "export")
+    assert len(json.loads((tmp_path / "export" / "ensemble.json").read_text())["members"]) == 1
+    (tmp_path / "precious").mkdir()
+    (tmp_path / "precious" / "notes.txt").write_text("keep me")
+    with pytest.raises(ConfigError, match="refusing"):
+        export_ensemble(two_members, [0.5, 0.5], tmp_path / "precious")
+    assert (tmp_path / "precious" / "notes.txt").read_text() == "keep me"
+
+
+def test_compress_checkpoint_halves_the_big_tensors_and_reports_the_gap_change(tmp_path, synthetic_dir):
+    source = random_checkpoint(tmp_path / "fp32", tiny_config(8, 24), seed=3, step=7)
+    report = compress_checkpoint(source, tmp_path / "fp16", str(synthetic_dir / "validate*.tfrecord"),
+                                 progress=False)
+    compressed = load_checkpoint(tmp_path / "fp16")
+    assert compressed.config.fp16 and compressed.step == 7
+    assert all(compressed.tensors[name].dtype == np.float16 for name in BIG_TENSORS)
+    assert report.fp16_mib < report.fp32_mib
+    assert report.gap_fp32 is not None and abs(report.gap_change) < 2e-3
+
+
+def test_sizes_come_from_the_variables_built_and_equal_the_papers_table_1():
+    config = ModelConfig.from_name("K16-H256")
+    assert round(built_size_mib(config), 2) == 158.65
+    assert round(built_size_mib(config.replace(fp16=True)), 2) == 80.21
