@@ -31,7 +31,7 @@ def ray_session():
 
     started = not ray.is_initialized()
     if started:
-        ray.init(num_cpus=2, include_dashboard=False)
+        ray.init(address="local", num_cpus=2, include_dashboard=False)  # never join a stray cluster
     yield ray
     if started:
         ray.shutdown()

@@ -232,4 +232,9 @@ def build(config: ModelConfig, seed: int = 0, prefix: str = "", zeros: bool = Fa
     return GatedNetVLAD(config, create_variables(config, seed=seed, prefix=prefix, zeros=zeros))
 
 
-MODELS: dict[str, Callable[..., GatedNetVLAD]] = {"gated_netvlad": build}
+def _build_baseline(config: ModelConfig, seed: int = 0, prefix: str = "", zeros: bool = False):
+    from raytrain8m.models.baseline import build_baseline  # test-facing; see models/baseline.py
+    return build_baseline(config, seed=seed, prefix=prefix, zeros=zeros)
+
+
+MODELS: dict[str, Callable[..., GatedNetVLAD]] = {"gated_netvlad": build, "baseline": _build_baseline}

@@ -1,0 +1,44 @@
+"""Score a checkpoint on a labelled split; prints its metrics as one JSON object.
+
+Recipe (CPU is fine; about 1 min per 10k videos for K16-H256 on 8 cores):
+
+    python jobs/evaluate.py --checkpoint runs/train/K16-H256/checkpoint_00200000 \\
+        --data 'gs://BUCKET/yt8m/frame/validate*.tfrecord'
+    # → {"gap": 0.85…, "hit_at_one": …, "perr": …, "map": …, "examples": …, "step": 200000, …}
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from typing import Sequence
+
+from raytrain8m.errors import Raytrain8mError
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", required=True, help="a checkpoint directory (holds model.json)")
+    parser.add_argument("--data", required=True, help="glob or URI of labelled .tfrecord files")
+    parser.add_argument("--batch-size", type=int, default=256, help="videos a batch (default: %(default)s)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    try:
+        from raytrain8m.evaluate import evaluate_checkpoint
+        metrics = evaluate_checkpoint(args.checkpoint, args.data, batch_size=args.batch_size,
+                                      progress=not args.no_progress)
+    except Raytrain8mError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(json.dumps(metrics, sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,54 @@
+"""The one place environment variables are read (documented in the README).
+
+| variable | default | what |
+| --- | --- | --- |
+| `RAYTRAIN8M_RUNS` | `runs` | where runs write: MLflow's SQLite store, artifacts, training runs |
+| `RAYTRAIN8M_DATA` | `data` | where datasets live (`jobs/synth.py` writes here) |
+| `MLFLOW_TRACKING_URI` | `sqlite:///<runs>/mlflow.db` | the MLflow store (a server on a cluster) |
+| `MLFLOW_EXPERIMENT_NAME` | `raytrain8m` | the experiment runs go to |
+| `RAY_ADDRESS` | unset: a local Ray starts in-process | the cluster `ray.init()` joins |
+| `TF_CPP_MIN_LOG_LEVEL` | `2` in training workers | TensorFlow's C++ log level (2 = errors only) |
+
+Functions, not constants: tests and Tune trials change the environment after import.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+DEFAULT_EXPERIMENT = "raytrain8m"
+
+
+def runs_dir() -> Path:
+    """Absolute root of everything runs write (MLflow store, artifacts, checkpoints)."""
+    return Path(os.environ.get("RAYTRAIN8M_RUNS", "runs")).expanduser().absolute()
+
+
+def data_dir() -> Path:
+    return Path(os.environ.get("RAYTRAIN8M_DATA", "data")).expanduser().absolute()
+
+
+def mlflow_tracking_uri() -> str:
+    """`MLFLOW_TRACKING_URI`, else a SQLite file under the runs directory (absolute path)."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
+    return uri or f"sqlite:///{runs_dir() / 'mlflow.db'}"
+
+
+def mlflow_artifact_root() -> str | None:
+    """Artifact location for new experiments on the default local store; None: the server decides."""
+    if os.environ.get("MLFLOW_TRACKING_URI", "").strip():
+        return None
+    return (runs_dir() / "mlartifacts").as_uri()
+
+
+def experiment_name() -> str:
+    return os.environ.get("MLFLOW_EXPERIMENT_NAME", "").strip() or DEFAULT_EXPERIMENT
+
+
+def ray_address() -> str | None:
+    return os.environ.get("RAY_ADDRESS") or None
+
+
+def tf_log_level() -> str:
+    """TensorFlow C++ log level for training workers: errors only unless the user says otherwise."""
+    return os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")

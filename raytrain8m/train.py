@@ -1,0 +1,255 @@
+"""Training: one frozen config, and `fit` that runs it on Ray Train (the loop is in `trainloop`).
+
+`TrainConfig` holds each default once; `jobs/train.py`'s flags, `train_loop_config` and a
+sweep's `param_space` all derive from it. A run lives in `<out>/<run_name>/` (Ray Train V2's
+experiment directory: `checkpoint_<step:08d>/` each with `model.json`, `state.json` and the
+name-keyed weights); starting `fit` again with the same `out` and `run_name` resumes it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+from raytrain8m import settings, tracking
+from raytrain8m.checkpoint import check_same_model, list_checkpoints, read_state
+from raytrain8m.errors import ConfigError, Raytrain8mError
+from raytrain8m.models import MODELS, ModelConfig
+
+log = logging.getLogger(__name__)
+
+MLFLOW_JSON = "mlflow.json"  # in the run directory: the MLflow run a resumed fit logs into
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Every training setting with its one default (the paper's commands where it has one)."""
+
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    train_data: str = ""          # glob or URI; "" = <RAYTRAIN8M_DATA>/train*.tfrecord
+    validate_data: str = ""       # "" = <RAYTRAIN8M_DATA>/validate*.tfrecord
+    batch_size: int = 80          # per worker (the paper: 80–160 per GPU)
+    learning_rate: float = 1e-4
+    decay_rate: float = 0.8       # × every `decay_examples` examples (staircase)
+    decay_examples: int = 4_000_000
+    clip_norm: float = 1.0        # on the global norm of the all-reduced gradients
+    moe_l2: float = 1e-6
+    max_steps: int = 200_000      # the paper: 200k steps, 2–3 days a model on one 1080Ti
+    checkpoint_every: int = 5000  # all kept: averaging needs them
+    eval_every: int = 10_000      # 0 = only at the end
+    eval_batches: int = 50        # validate batches of 256 per evaluation; 0 = the whole split
+    num_workers: int = 1
+    use_gpu: bool = False
+    seed: int = 0
+    max_frames: int = 300
+    max_failures: int = 3         # worker-group restarts from the latest checkpoint
+    log_every: int = 100          # progress line and MLflow loss every N steps
+    experiment: str = ""          # MLflow experiment; "" = MLFLOW_EXPERIMENT_NAME or raytrain8m
+    run_name: str = ""            # "" = the model's name, e.g. K16-H256
+    out: str = ""                 # "" = <RAYTRAIN8M_RUNS>/train
+    mlflow_run_id: str = ""       # set by `fit`: the run rank 0 logs into
+    tracking_uri: str = ""        # set by `fit`: the MLflow store workers log to
+    crash_at_step: int = 0        # testing only: SIGKILL worker 1 once at this step
+
+    def __post_init__(self) -> None:
+        if isinstance(self.model, Mapping):
+            object.__setattr__(self, "model", ModelConfig.from_dict(dict(self.model)))
+        if self.model.model not in MODELS:
+            raise ConfigError(f"unknown model {self.model.model!r}; known: {', '.join(MODELS)}")
+        for field in ("batch_size", "max_steps", "checkpoint_every", "decay_examples", "num_workers",
+                      "max_frames", "log_every"):
+            value = getattr(self, field)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ConfigError(f"{field} must be a positive integer, got {value!r}")
+        for field in ("eval_every", "eval_batches", "max_failures", "crash_at_step"):
+            if getattr(self, field) < 0:
+                raise ConfigError(f"{field} must be >= 0, got {getattr(self, field)!r}")
+        for field in ("learning_rate", "decay_rate", "clip_norm"):
+            if not getattr(self, field) > 0:
+                raise ConfigError(f"{field} must be > 0, got {getattr(self, field)!r}")
+        if self.moe_l2 < 0:
+            raise ConfigError(f"moe_l2 must be >= 0, got {self.moe_l2!r}")
+
+    @property
+    def global_batch_size(self) -> int:
+        return self.batch_size * self.num_workers
+
+    def replace(self, **changes: Any) -> "TrainConfig":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> "TrainConfig":
+        known = {field.name for field in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"unknown train config keys: {', '.join(unknown)}")
+        return cls(**values)
+
+    def resolved(self) -> "TrainConfig":
+        """Defaults that depend on the environment made explicit; absolute paths for the workers."""
+        data = settings.data_dir()
+        return self.replace(
+            train_data=self.train_data or str(data / "train*.tfrecord"),
+            validate_data=self.validate_data or str(data / "validate*.tfrecord"),
+            experiment=self.experiment or settings.experiment_name(),
+            run_name=self.run_name or self.model.name,
+            out=str(Path(self.out).expanduser().absolute()) if self.out else str(settings.runs_dir() / "train"),
+            tracking_uri=self.tracking_uri or tracking.tracking_uri(),
+        )
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out) / self.run_name
+
+    def params(self) -> dict[str, Any]:
+        """What MLflow records as the run's params."""
+        return {"model": self.model.name, "model_type": self.model.model,
+                "cluster_size": self.model.cluster_size, "hidden_size": self.model.hidden_size,
+                "num_classes": self.model.num_classes, "num_mixtures": self.model.num_mixtures,
+                "iterations": self.model.iterations, "batch_size": self.batch_size,
+                "global_batch_size": self.global_batch_size, "learning_rate": self.learning_rate,
+                "decay_rate": self.decay_rate, "decay_examples": self.decay_examples,
+                "clip_norm": self.clip_norm, "moe_l2": self.moe_l2, "max_steps": self.max_steps,
+                "checkpoint_every": self.checkpoint_every, "eval_every": self.eval_every,
+                "num_workers": self.num_workers, "use_gpu": self.use_gpu, "seed": self.seed,
+                "max_frames": self.max_frames, "train_data": self.train_data,
+                "validate_data": self.validate_data}
+
+
+@dataclasses.dataclass
+class TrainResult:
+    checkpoints: list[Path]          # every checkpoint of the run, by step
+    metrics: dict[str, Any]          # the last reported metrics (step, loss, gap, …)
+    run_dir: Path
+    mlflow_run_id: str
+    config: TrainConfig
+
+
+def check_inputs(config: TrainConfig) -> None:
+    """Fail before starting workers: missing files, labels beyond `num_classes`, another model's run."""
+    from raytrain8m.data import files
+    from raytrain8m.data.batches import iter_batches
+
+    files.expand(config.train_data)
+    if config.eval_every or config.eval_batches:
+        files.expand(config.validate_data)
+    # Labels are checked again while reading; the first batch catches a wrong --classes at once.
+    next(iter(iter_batches(config.train_data, config.batch_size, num_classes=config.model.num_classes)), None)
+    if config.run_dir.exists():
+        existing = list_checkpoints(config.run_dir)
+        if existing:
+            check_same_model(existing[-1], config.model)
+
+
+def _mlflow_run(config: TrainConfig, parent_run_id: str | None, tags: Mapping[str, Any] | None) -> str:
+    """The run's MLflow run: the one a previous fit of this run directory made, else a new one."""
+    record = config.run_dir / MLFLOW_JSON
+    if config.mlflow_run_id:
+        return config.mlflow_run_id
+    if record.is_file():
+        saved = json.loads(record.read_text())
+        if saved.get("tracking_uri") == config.tracking_uri:
+            return saved["run_id"]
+    run = tracking.start_run(config.run_name, config.experiment, parent_run_id=parent_run_id,
+                             tags={"stage": "train", "model": config.model.name, **dict(tags or {})},
+                             uri=config.tracking_uri)
+    config.run_dir.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps({"run_id": run.run_id, "tracking_uri": config.tracking_uri}) + "\n")
+    return run.run_id
+
+
+def _worker_error(error: Exception) -> Exception:
+    """The first of our own errors inside Ray Train's wrapping, else `error` itself."""
+    failures = getattr(error, "worker_failures", None) or {}
+    for failure in failures.values():
+        seen = failure
+        while seen is not None:
+            if isinstance(seen, Raytrain8mError):
+                return seen
+            seen = getattr(seen, "cause", None) or seen.__cause__
+    return error
+
+
+def _check_cpus_left_for_data(config: TrainConfig, resources: Mapping[str, float] | None,
+                              cluster_cpus: float) -> None:
+    """Workers holding every CPU starve Ray Data's read tasks: training would hang, not fail."""
+    per_worker = (resources or {}).get("CPU", 0 if config.use_gpu else 1)
+    if cluster_cpus - per_worker * config.num_workers < 1:
+        raise ConfigError(f"{config.num_workers} worker(s) × {per_worker} CPU leave no CPU of the cluster's "
+                          f"{cluster_cpus:g} for reading data; use fewer workers or "
+                          "resources_per_worker={'CPU': <smaller>}")
+
+
+def fit(config: TrainConfig, parent_run_id: str | None = None, tags: Mapping[str, Any] | None = None,
+        resources_per_worker: Mapping[str, float] | None = None,
+        scaling_options: Mapping[str, Any] | None = None) -> TrainResult:
+    """Train (or resume) one model on Ray Train and return its checkpoints and final metrics.
+
+    `parent_run_id` makes the MLflow run a child (a sweep's trial); `resources_per_worker` and
+    `scaling_options` (e.g. `label_selector`, `accelerator_type`) go to `ScalingConfig`.
+    """
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+    from ray.train.tensorflow import TensorflowTrainer
+
+    from raytrain8m.data import read_dataset
+    from raytrain8m.trainloop import train_loop_per_worker
+
+    config = config.resolved()
+    check_inputs(config)
+    run_id = _mlflow_run(config, parent_run_id, tags)
+    config = config.replace(mlflow_run_id=run_id)
+    logger = tracking.RunLogger(run_id, config.tracking_uri)
+    logger.log_params(config.params())
+    logger.set_tags({"run_dir": str(config.run_dir)})
+    if config.model.model == "gated_netvlad":
+        logger.log_sizes(config.model)
+
+    if not ray.is_initialized():
+        address = settings.ray_address()
+        # Locally, logical CPUs beyond the cores leave room for Ray Data's read tasks.
+        ray.init(address=address or "local",  # "local": never join a stray cluster on this machine
+                 num_cpus=None if address else max(os.cpu_count() or 1, config.num_workers + 2))
+    resources = dict(resources_per_worker) if resources_per_worker else None
+    _check_cpus_left_for_data(config, resources, ray.cluster_resources().get("CPU", 0))
+    dataset = read_dataset(config.train_data, num_classes=config.model.num_classes, max_frames=config.max_frames)
+    dataset.context.enable_progress_bars = False  # rank 0's progress line is the one to read
+    trainer = TensorflowTrainer(
+        train_loop_per_worker,
+        train_loop_config=config.to_dict(),
+        scaling_config=ScalingConfig(num_workers=config.num_workers, use_gpu=config.use_gpu,
+                                     resources_per_worker=resources,
+                                     **dict(scaling_options or {})),
+        datasets={"train": dataset},
+        run_config=RunConfig(
+            storage_path=config.out, name=config.run_name,
+            failure_config=FailureConfig(max_failures=config.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=None),
+            worker_runtime_env={"env_vars": {"TF_CPP_MIN_LOG_LEVEL": settings.tf_log_level()}},
+            logging_config=LoggingConfig(log_level="WARNING"),  # rank 0's progress lines, not every report
+        ),
+    )
+    log.info("training %s for %d steps on %d worker(s) into %s", config.model.name, config.max_steps,
+             config.num_workers, config.run_dir)
+    try:
+        result = trainer.fit()
+    except Exception as error:  # Ray wraps worker errors; show ours plainly
+        logger.end("FAILED")
+        cause = _worker_error(error)
+        if cause is not error:
+            raise cause from error
+        raise
+    checkpoints = list_checkpoints(config.run_dir)
+    for path in checkpoints:
+        logger.log_checkpoint(path, read_state(path)["step"])
+    logger.end("FINISHED")
+    metrics = dict(result.metrics or {})
+    if checkpoints:
+        metrics = {**read_state(checkpoints[-1]).get("metrics", {}), **metrics}
+    return TrainResult(checkpoints, metrics, config.run_dir, run_id, config)

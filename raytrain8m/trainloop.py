@@ -1,0 +1,314 @@
+"""The per-worker training loop that Ray Train runs (`train_loop_per_worker(config: dict)`).
+
+MultiWorkerMirroredStrategy with a custom `tf.function` step (Keras 3's `fit` fails under
+it; DESIGN's stack facts). Every worker runs the same steps, snapshots the weights at the
+same steps (reading ON_READ batch-norm statistics is an all-reduce) and reports at the same
+steps; rank 0 alone writes checkpoints, evaluates and logs to MLflow.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import shutil
+import signal
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from raytrain8m.checkpoint import OPTIMIZER_PREFIX, check_same_model, load_checkpoint, save_checkpoint
+from raytrain8m.data import DataError, to_model_inputs
+from raytrain8m.errors import Raytrain8mError
+from raytrain8m.models import MODELS, cross_entropy
+from raytrain8m.train import TrainConfig
+
+log = logging.getLogger("raytrain8m.train")
+
+CRASH_MARKER = ".crashed-at-step-{step}"  # testing: in the run directory, so the crash happens once
+
+
+class TrainingError(Raytrain8mError):
+    """Training cannot go on (a non-finite loss, an empty data shard)."""
+
+
+class StaircaseDecay(keras.optimizers.schedules.LearningRateSchedule):
+    """lr · rate^floor(examples / decay_examples), examples = step × global batch (the starter's decay)."""
+
+    def __init__(self, learning_rate: float, rate: float, decay_examples: int, global_batch: int):
+        self.learning_rate, self.rate = learning_rate, rate
+        self.decay_examples, self.global_batch = decay_examples, global_batch
+
+    def __call__(self, step):
+        examples = tf.cast(step, tf.int64) * self.global_batch
+        return self.learning_rate * tf.pow(self.rate, tf.cast(examples // self.decay_examples, tf.float32))
+
+    def get_config(self) -> dict:
+        return dict(learning_rate=self.learning_rate, rate=self.rate, decay_examples=self.decay_examples,
+                    global_batch=self.global_batch)
+
+
+class PreReducedAdam(keras.optimizers.Adam):
+    """Adam fed gradients that the step has already all-reduced (mean) and clipped.
+
+    Keras 3 always sums gradients across replicas before applying them and clips before
+    that sum, per replica; the paper's code clips the combined gradient. Skipping Keras's
+    sum keeps one all-reduce a step and the clip on the global gradient.
+    """
+
+    def _all_reduce_sum_gradients(self, grads_and_vars):  # Keras 3 TF backend hook
+        return list(grads_and_vars)
+
+
+def make_optimizer(config: TrainConfig) -> keras.optimizers.Optimizer:
+    schedule = StaircaseDecay(config.learning_rate, config.decay_rate, config.decay_examples,
+                              config.global_batch_size)
+    return PreReducedAdam(learning_rate=schedule, name="adam")  # slots: optimizer/adam/<variable>_…
+
+
+def make_train_step(model, optimizer, strategy: tf.distribute.Strategy, config: TrainConfig):
+    """A compiled step over fixed shapes (frames padded to max_frames), so it never retraces."""
+    trainable = [variable for variable in model.variables.values() if variable.trainable]
+    spec = (tf.TensorSpec([config.batch_size, config.max_frames, config.model.feature_size], tf.float32),
+            tf.TensorSpec([config.batch_size], tf.int32),
+            tf.TensorSpec([config.batch_size, config.model.num_classes], tf.float32))
+
+    def replica_step(frames, num_frames, labels):
+        with tf.GradientTape() as tape:
+            loss = cross_entropy(model(frames, num_frames, training=True), labels) \
+                + model.regularization_loss(config.moe_l2)
+        gradients = tape.gradient(loss, trainable)
+        context = tf.distribute.get_replica_context()
+        gradients = context.all_reduce(tf.distribute.ReduceOp.MEAN, gradients)
+        gradients, _ = tf.clip_by_global_norm(gradients, config.clip_norm)
+        optimizer.apply_gradients(zip(gradients, trainable))
+        return loss
+
+    @tf.function(input_signature=spec)
+    def train_step(frames, num_frames, labels):
+        losses = strategy.run(replica_step, args=(frames, num_frames, labels))
+        return strategy.reduce(tf.distribute.ReduceOp.MEAN, losses, axis=None)
+
+    return train_step
+
+
+def optimizer_tensors(optimizer: keras.optimizers.Optimizer) -> dict[str, tf.Variable]:
+    """The optimizer's variables (step counter, Adam moments) under `optimizer/<keras path>`."""
+    return {OPTIMIZER_PREFIX + variable.path: variable for variable in optimizer.variables}
+
+
+def snapshot(model, optimizer) -> dict[str, np.ndarray]:
+    """Every variable as numpy. All workers call this at the same step: it reduces ON_READ ones."""
+    tensors = {name: variable.numpy() for name, variable in sorted(model.variables.items())}
+    tensors.update({name: np.asarray(variable.numpy()) for name, variable in optimizer_tensors(optimizer).items()})
+    return tensors
+
+
+def restore(model, optimizer, config: TrainConfig, directory: str) -> dict[str, Any]:
+    """Load weights and optimizer state from a checkpoint of the same model; return its state."""
+    check_same_model(directory, config.model)
+    checkpoint = load_checkpoint(directory)
+    targets = {**model.variables, **optimizer_tensors(optimizer)}
+    missing = sorted(set(targets) - set(checkpoint.tensors))
+    if missing:
+        raise TrainingError(f"{directory}: checkpoint lacks {len(missing)} variables, e.g. {missing[:3]}")
+    for name, variable in targets.items():
+        variable.assign(tf.cast(checkpoint.tensors[name], variable.dtype))
+    return checkpoint.state
+
+
+def evaluate_snapshot(config: TrainConfig, tensors: dict[str, np.ndarray]) -> dict[str, float]:
+    """Validate-split metrics from a fresh, non-distributed copy of the weights (rank 0 only)."""
+    from raytrain8m.evaluate import evaluate, predictor
+
+    if tf.distribute.has_strategy():
+        raise TrainingError("evaluate_snapshot must run outside the training strategy's scope")
+    model = MODELS[config.model.model](config.model, zeros=True)
+    for name, variable in model.variables.items():
+        variable.assign(tf.cast(tensors[name], variable.dtype))
+    metrics = evaluate(predictor(model), config.validate_data, config.model.num_classes, batch_size=256,
+                       max_batches=config.eval_batches or None, progress=False)
+    return {("eval_videos" if key == "examples" else key): float(value)
+            for key, value in metrics.items() if isinstance(value, (int, float))}
+
+
+def batches(shard, config: TrainConfig) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Model inputs from this worker's shard, epoch after epoch, forever (the loop counts steps)."""
+    epoch = 0
+    while True:
+        produced = 0
+        for batch in shard.iter_batches(batch_size=config.batch_size, batch_format="numpy", drop_last=True):
+            frames, num_frames, labels = to_model_inputs(batch, config.model.num_classes, config.max_frames)
+            if labels is None:
+                raise DataError(config.train_data, None, "training batch without labels (a test split?)")
+            produced += 1
+            yield frames, num_frames, labels
+        if not produced:
+            raise TrainingError(f"worker's train shard holds fewer than batch_size={config.batch_size} "
+                                f"videos (epoch {epoch}); use a smaller batch or fewer workers")
+        epoch += 1
+
+
+def _progress(step: int, config: TrainConfig, loss: float, rate: float, started_step: int,
+              started: float) -> str:
+    remaining = (config.max_steps - step) / max((step - started_step) / max(time.perf_counter() - started, 1e-9), 1e-9)
+    eta = time.strftime("%H:%M:%S", time.gmtime(remaining)) if math.isfinite(remaining) else "?"
+    return (f"step {step}/{config.max_steps} ({step / config.max_steps:.0%})  loss {loss:.4f}  "
+            f"{rate:,.0f} examples/s  ETA {eta}")
+
+
+def _show_progress_lines() -> None:
+    """Rank 0 prints its own progress lines; Ray's and TF's INFO chatter stays off."""
+    if not log.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
+
+
+def _wait_until_registered(config: TrainConfig, step: int, timeout_s: float = 120) -> None:
+    """Testing: Ray Train V2 drops a checkpoint the controller has not polled yet when a worker
+    dies; a real crash comes long after the last checkpoint, so wait until it is registered."""
+    latest = step // config.checkpoint_every * config.checkpoint_every
+    if not latest:
+        return
+    snapshot_file = Path(config.out) / config.run_name / "checkpoint_manager_snapshot.json"
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if snapshot_file.is_file() and f"checkpoint_{latest:08d}" in snapshot_file.read_text():
+            return
+        time.sleep(0.2)
+
+
+def _maybe_crash(config: TrainConfig, rank: int, step: int) -> None:
+    """Testing: kill worker 1 (hard, no cleanup) once when it reaches `crash_at_step`."""
+    if config.crash_at_step and step == config.crash_at_step and rank == min(1, config.num_workers - 1):
+        marker = Path(config.out) / config.run_name / CRASH_MARKER.format(step=step)
+        if not marker.exists():
+            _wait_until_registered(config, step)
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            marker.touch()
+            log.warning("test crash: killing worker %d at step %d", rank, step)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _report(metrics: dict, rank: int, step: int, config: TrainConfig, tensors: dict | None,
+            state: dict, logger) -> None:
+    """Every worker reports; rank 0 attaches the checkpoint (when `tensors`) and logs it."""
+    import ray.train
+
+    if tensors is None or rank != 0:
+        ray.train.report(metrics)
+        return
+    name = f"checkpoint_{step:08d}"
+    staging = Path(tempfile.mkdtemp(prefix="raytrain8m-"))
+    try:
+        path = save_checkpoint(staging / name, config.model, tensors, step, state)
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(path)),
+                         checkpoint_dir_name=name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    if logger is not None:
+        logger.log_checkpoint(Path(config.out) / config.run_name / name, step)
+
+
+def train_loop_per_worker(config: dict) -> None:
+    """Ray Train's entry point on each worker: train to `max_steps`, resuming from Ray's checkpoint."""
+    import ray.train
+
+    from raytrain8m import tracking
+
+    config = TrainConfig.from_dict(config)
+    context = ray.train.get_context()
+    rank = context.get_world_rank()
+    tf.get_logger().setLevel(logging.ERROR)  # else "Collective all_reduce tensors: …" at every new shape
+    if rank == 0:
+        _show_progress_lines()
+    tf.random.set_seed(config.seed * 1000 + rank)  # per-worker frame sampling; weights use stateless seeds
+    strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    with strategy.scope():
+        model = MODELS[config.model.model](config.model, seed=config.seed)
+        optimizer = make_optimizer(config)
+        optimizer.build([variable for variable in model.variables.values() if variable.trainable])
+    state: dict[str, Any] = {}
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as directory:
+            state = restore(model, optimizer, config, directory)
+    step = int(state.get("step", 0))
+    if int(optimizer.iterations.numpy()) != step:
+        raise TrainingError(f"optimizer step {int(optimizer.iterations.numpy())} != checkpoint step {step}")
+    resumed_from = step
+    logger = tracking.RunLogger.attach(config.mlflow_run_id, config.tracking_uri) \
+        if rank == 0 and config.mlflow_run_id else None
+    if rank == 0:
+        log.info("%s %s at step %d of %d on %d worker(s), global batch %d",
+                 "resuming" if step else "starting", config.model.name, step, config.max_steps,
+                 strategy.num_replicas_in_sync, config.global_batch_size)
+
+    train_step = make_train_step(model, optimizer, strategy, config)
+    data = batches(ray.train.get_dataset_shard("train"), config)
+    global_batch = config.global_batch_size
+    started, window_start, window_loss, window_steps = time.perf_counter(), time.perf_counter(), 0.0, 0
+    while step < config.max_steps:
+        _maybe_crash(config, rank, step)
+        frames, num_frames, labels = next(data)
+        loss = float(train_step(frames, num_frames, labels))
+        step += 1
+        if not math.isfinite(loss):
+            raise TrainingError(f"non-finite loss {loss} at step {step}")
+        window_loss, window_steps = window_loss + loss, window_steps + 1
+        last = step == config.max_steps
+        do_checkpoint = step % config.checkpoint_every == 0 or last
+        do_eval = bool(config.eval_every and step % config.eval_every == 0) or last
+        if not (do_checkpoint or do_eval or step % config.log_every == 0):
+            continue
+        elapsed = time.perf_counter() - window_start
+        metrics = {"step": step, "examples": step * global_batch, "loss": window_loss / window_steps,
+                   "examples_per_sec": window_steps * global_batch / max(elapsed, 1e-9),
+                   "learning_rate": float(optimizer.learning_rate.numpy())}
+        tensors = snapshot(model, optimizer) if do_checkpoint or do_eval else None
+        if rank == 0:
+            log.info(_progress(step, config, metrics["loss"], metrics["examples_per_sec"], resumed_from, started))
+            if do_eval:
+                metrics.update(evaluate_snapshot(config, tensors))
+                log.info("step %d  validate gap %.4f  hit@1 %.4f  perr %.4f", step, metrics["gap"],
+                         metrics["hit_at_one"], metrics["perr"])
+            if logger is not None:
+                logger.log_metrics(metrics, step)
+        state = {"step": step, "examples": step * global_batch, "resumed_from": resumed_from,
+                 "optimizer_iterations": int(optimizer.iterations.numpy()), "metrics": metrics,
+                 "train_config": config.to_dict()}
+        _report(metrics, rank, step, config, tensors if do_checkpoint else None, state, logger)
+        window_start, window_loss, window_steps = time.perf_counter(), 0.0, 0
+
+
+def train_locally(config: TrainConfig) -> tuple[Any, list[float]]:
+    """The same step without Ray or a multi-worker strategy (one process, `config.batch_size`
+    videos a step): tests train the baseline with it; returns the model and each step's loss."""
+    from raytrain8m.data.batches import iter_batches
+
+    if config.num_workers != 1:
+        raise TrainingError("train_locally runs one worker; set batch_size to the global batch instead")
+    strategy = tf.distribute.get_strategy()
+    model = MODELS[config.model.model](config.model, seed=config.seed)
+    optimizer = make_optimizer(config)
+    optimizer.build([variable for variable in model.variables.values() if variable.trainable])
+    train_step = make_train_step(model, optimizer, strategy, config)
+    losses: list[float] = []
+    while len(losses) < config.max_steps:
+        produced = 0
+        for batch in iter_batches(config.train_data, config.batch_size, num_classes=config.model.num_classes):
+            if len(batch["num_frames"]) < config.batch_size or len(losses) == config.max_steps:
+                break
+            frames, num_frames, labels = to_model_inputs(batch, config.model.num_classes, config.max_frames)
+            losses.append(float(train_step(frames, num_frames, labels)))
+            produced += 1
+        if not produced:
+            raise TrainingError(f"{config.train_data}: fewer than batch_size={config.batch_size} videos")
+    return model, losses

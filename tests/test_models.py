@@ -1,0 +1,120 @@
+"""Gated NetVLAD and the baseline: variables, sizes (the paper's Table 1), forward-pass contracts."""
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from raytrain8m.models import (BIG_TENSORS, MODELS, GatedNetVLAD, ModelConfig, build, create_variables,
+                               size_mib, variable_specs)
+from raytrain8m.models.baseline import MeanPoolLogistic, mean_of_first_frames
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# The paper's Table 1: model, fp32 MiB, fp16 MiB (3862 classes).
+TABLE1 = {
+    "K24-H1440": (714.93, 381.40), "K32-H1280": (679.73, 358.85), "K100-H800": (663.87, 339.76),
+    "K16-H1280": (594.59, 316.21), "K32-H1024": (549.24, 286.85), "K20-H960": (469.18, 245.31),
+    "K16-H800": (384.27, 199.61), "K64-H512": (365.53, 186.11), "K100-H400": (357.21, 180.93),
+    "K32-H600": (339.72, 174.20), "K32-H512": (297.27, 151.85), "K16-H512": (263.13, 134.71),
+    "K8-H512": (246.07, 126.15), "K16-H400": (217.05, 110.50), "K10-H400": (207.04, 105.47),
+    "K32-H256": (175.78, 88.85), "K10-H300": (168.87, 85.58), "K16-H256": (158.65, 80.21),
+}
+
+TINY = ModelConfig(cluster_size=4, hidden_size=16, num_classes=20, iterations=10)
+
+
+def _load_job(name: str):
+    spec = importlib.util.spec_from_file_location(f"jobs_{name}", ROOT / "jobs" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _inputs(batch: int = 3, frames: int = 12, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return (rng.uniform(-2, 2, (batch, frames, TINY.feature_size)).astype(np.float32),
+            np.array([5, 12, 1][:batch], np.int32))
+
+
+def test_variable_names_and_shapes_follow_the_paper():
+    config = ModelConfig(cluster_size=16, hidden_size=256, num_classes=3862)
+    shapes = {spec.name: spec.shape for spec in variable_specs(config)}
+    assert shapes["tower/video_VLAD/cluster_weights"] == (1024, 16)
+    assert shapes["tower/video_VLAD/cluster_weights2"] == (1, 1024, 16)
+    assert shapes["tower/audio_VLAD/cluster_weights"] == (128, 8)
+    assert shapes["tower/hidden1_weights"] == (1024 * 16 + 128 * 8, 256)
+    assert shapes["tower/hidden2_weights"] == (256, 512)
+    assert shapes["tower/gating_weights"] == (512, 512)
+    assert shapes["tower/gates/weights"] == (512, 3862 * 6)
+    assert shapes["tower/experts/weights"] == (512, 3862 * 5)
+    assert shapes["tower/gating_prob_weights"] == (3862, 3862)
+    assert shapes["tower/gating_prob_bn/moving_variance"] == (3862,)
+    variables = create_variables(TINY, zeros=True)
+    assert {name: tuple(v.shape) for name, v in variables.items()} == \
+        {spec.name: spec.shape for spec in variable_specs(TINY)}
+    assert not variables["tower/hidden1_bn/moving_mean"].trainable
+
+
+def test_sizes_job_json_equals_the_papers_table1(capsys):
+    sizes = _load_job("sizes")
+    assert sizes.main(["--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [row["name"] for row in rows] == list(TABLE1)
+    for row in rows:
+        assert (round(row["fp32_mib"], 2), round(row["fp16_mib"], 2)) == TABLE1[row["name"]], row["name"]
+        config = ModelConfig.from_name(row["name"])
+        assert (row["cluster_size"], row["hidden_size"]) == (config.cluster_size, config.hidden_size)
+        assert round(size_mib(config), 2) == row["fp32_mib"]  # the accounting agrees with the built variables
+
+
+def test_sizes_job_reports_a_bad_name_plainly(capsys):
+    assert _load_job("sizes").main(["K0-H256"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "cluster_size" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("model_type", sorted(MODELS))
+def test_predictions_depend_only_on_the_first_num_frames(model_type):
+    config = TINY.replace(model=model_type)
+    model = MODELS[model_type](config, seed=1)
+    frames, num_frames = _inputs()
+    changed = frames.copy()
+    for i, count in enumerate(num_frames):
+        changed[i, count:] = np.random.default_rng(i).uniform(-2, 2, changed[i, count:].shape)
+    before = model(frames, num_frames, training=False).numpy()
+    after = model(changed, num_frames, training=False).numpy()
+    np.testing.assert_allclose(before, after, rtol=1e-6, atol=1e-7)
+    shorter = model(frames[:, :num_frames.max()], num_frames, training=False).numpy()
+    np.testing.assert_allclose(before, shorter, rtol=1e-5, atol=1e-6)
+    assert before.shape == (3, 20) and np.all((before >= 0) & (before <= 1))
+
+
+def test_fp16_storage_casts_the_four_big_tensors_only():
+    fp32 = build(TINY, seed=2)
+    fp16_config = TINY.replace(fp16=True)
+    variables = create_variables(fp16_config, zeros=True)
+    for name, variable in variables.items():
+        assert variable.dtype == (tf.float16 if name in BIG_TENSORS else tf.float32), name
+        variable.assign(tf.cast(fp32.variables[name], variable.dtype))
+    fp16 = GatedNetVLAD(fp16_config, variables)
+    frames, num_frames = _inputs()
+    expected = fp32(frames, num_frames).numpy()
+    got = fp16(frames, num_frames).numpy()
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, expected, atol=2e-3)
+    assert size_mib(fp16_config) < size_mib(TINY)
+
+
+def test_baseline_is_a_mean_pooled_logistic_regression():
+    model = MODELS["baseline"](TINY.replace(model="baseline"), seed=0)
+    assert isinstance(model, MeanPoolLogistic)
+    frames, num_frames = _inputs()
+    pooled = mean_of_first_frames(frames, num_frames).numpy()
+    np.testing.assert_allclose(pooled[0], frames[0, :5].mean(0), rtol=1e-5, atol=1e-6)
+    logits = pooled @ model.variables["baseline/weights"].numpy() + model.variables["baseline/biases"].numpy()
+    np.testing.assert_allclose(model(frames, num_frames).numpy(), 1 / (1 + np.exp(-logits)), rtol=1e-5)

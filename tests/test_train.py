@@ -1,0 +1,189 @@
+"""Training on Ray Train: loss falls, beats the baseline, survives a killed worker and a stopped
+driver, logs to MLflow; the command's flags fail plainly. One shared 2-worker run (slow)."""
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from raytrain8m import tracking
+from raytrain8m.checkpoint import load_checkpoint, read_state
+from raytrain8m.errors import CheckpointError, ConfigError
+from raytrain8m.models import ModelConfig
+from raytrain8m.train import TrainConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ModelConfig(cluster_size=4, hidden_size=16, num_classes=20, iterations=10)
+STEPS, EVERY, CRASH_AT = 20, 5, 7
+CPU_HALF = {"CPU": 0.5}  # ray_session has 2 CPUs: leave room for Ray Data's read tasks
+
+
+def _load_job(name: str):
+    spec = importlib.util.spec_from_file_location(f"jobs_{name}", ROOT / "jobs" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# --- fast: the config and the command's parsing ---------------------------------------------
+
+def test_train_config_round_trips_and_refuses_unknown_keys():
+    config = TrainConfig(model=TINY, batch_size=8)
+    assert TrainConfig.from_dict(config.to_dict()) == config
+    with pytest.raises(ConfigError, match="unknown train config keys: epochs"):
+        TrainConfig.from_dict({**config.to_dict(), "epochs": 3})
+    with pytest.raises(ConfigError, match="unknown model config keys: colour"):
+        TrainConfig.from_dict({**config.to_dict(), "model": {**TINY.to_dict(), "colour": 1}})
+    with pytest.raises(ConfigError, match="batch_size"):
+        TrainConfig(batch_size=0)
+
+
+def test_defaults_are_the_papers():
+    config = TrainConfig()
+    assert (config.learning_rate, config.decay_rate, config.decay_examples) == (1e-4, 0.8, 4_000_000)
+    assert (config.batch_size, config.clip_norm, config.moe_l2, config.checkpoint_every) == (80, 1.0, 1e-6, 5000)
+
+
+def test_learning_rate_decays_by_examples_in_stairs():
+    from raytrain8m.trainloop import StaircaseDecay
+
+    schedule = StaircaseDecay(1e-4, 0.8, 4_000_000, global_batch=160)
+    assert float(schedule(24_999)) == pytest.approx(1e-4)          # 3,999,840 examples
+    assert float(schedule(25_000)) == pytest.approx(0.8e-4)        # 4,000,000 examples
+    assert float(schedule(100_000)) == pytest.approx(1e-4 * 0.8 ** 4)
+
+
+def test_train_flags_derive_from_the_configs():
+    job = _load_job("train")
+    config = job.config_from_args(job.parse_args(
+        ["--model", "K32-H1024", "--classes", "20", "--lr", "0.01", "--workers", "2", "--use-gpu",
+         "--max-steps", "7", "--out", "/tmp/x"]))
+    assert (config.model.cluster_size, config.model.hidden_size, config.model.num_classes) == (32, 1024, 20)
+    assert (config.learning_rate, config.num_workers, config.use_gpu, config.max_steps) == (0.01, 2, True, 7)
+    assert config.batch_size == TrainConfig.batch_size and config.checkpoint_every == 5000
+    with pytest.raises(SystemExit):
+        job.parse_args(["--no-such-flag"])
+
+
+# --- slow: one shared 2-worker run on synthetic data -----------------------------------------
+
+@pytest.fixture(scope="module")
+def netvlad_data(tmp_path_factory) -> Path:
+    """Synthetic data whose topics leave no trace in the frame mean (no topic offset): what
+    NetVLAD's clustering sees and mean pooling cannot, as on the real data."""
+    import raytrain8m.data.synthetic as synthetic
+
+    out = tmp_path_factory.mktemp("netvlad-data")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(synthetic, "TOPIC_OFFSET", 0.0)
+        synthetic.generate(str(out), videos=120, classes=20, max_frames=12, shards=2, seed=0, progress=False)
+    return out
+
+
+def _config(data: Path, out: Path, **changes) -> TrainConfig:
+    return TrainConfig(model=TINY, train_data=str(data / "train*.tfrecord"),
+                       validate_data=str(data / "validate*.tfrecord"), batch_size=8, learning_rate=1e-2,
+                       max_steps=STEPS, checkpoint_every=EVERY, eval_every=10, log_every=EVERY,
+                       num_workers=2, max_frames=12, max_failures=1, out=str(out), run_name="tiny",
+                       experiment="test-train", tracking_uri=f"sqlite:///{out / 'mlflow.db'}").replace(**changes)
+
+
+@pytest.fixture(scope="module")
+def trained(netvlad_data, tmp_path_factory, ray_session):
+    """2 workers, 20 steps, a checkpoint every 5; worker 1 is SIGKILLed once at step 7."""
+    from raytrain8m.train import fit
+
+    out = tmp_path_factory.mktemp("train")
+    config = _config(netvlad_data, out, crash_at_step=CRASH_AT)
+    return fit(config, resources_per_worker=CPU_HALF, tags={"test": "test_train"})
+
+
+@pytest.mark.slow
+def test_worker_killed_mid_run_resumes_from_checkpoint_to_max_steps(trained):
+    assert (trained.run_dir / f".crashed-at-step-{CRASH_AT}").exists()  # the kill did happen
+    steps = [read_state(path)["step"] for path in trained.checkpoints]
+    assert steps == list(range(EVERY, STEPS + 1, EVERY))
+    for path, step in zip(trained.checkpoints, steps):
+        state = read_state(path)
+        assert state["optimizer_iterations"] == step and state["examples"] == step * 16  # none lost or repeated
+        assert path == trained.run_dir / f"checkpoint_{step:08d}"
+    final = read_state(trained.checkpoints[-1])
+    assert final["resumed_from"] == EVERY * (CRASH_AT // EVERY)  # restarted from the checkpoint before the kill
+    checkpoint = load_checkpoint(trained.checkpoints[-1])
+    assert checkpoint.config == TINY
+    assert any(name.startswith("optimizer/") for name in checkpoint.tensors)
+    assert int(checkpoint.tensors["optimizer/adam/iteration"]) == STEPS
+
+
+@pytest.mark.slow
+def test_loss_falls_and_gap_beats_the_mean_pooled_baseline(trained, netvlad_data):
+    from raytrain8m.evaluate import evaluate, predictor
+    from raytrain8m.trainloop import train_locally
+
+    history = tracking.client(trained.config.tracking_uri).get_metric_history(trained.mlflow_run_id, "loss")
+    losses = [metric.value for metric in sorted(history, key=lambda metric: metric.step)]
+    assert losses[-1] < 0.8 * losses[0], losses
+    gap = trained.metrics["gap"]
+    # The baseline: the same steps, global batch, learning rate and step function, one process.
+    baseline_config = trained.config.replace(model=TINY.replace(model="baseline"), num_workers=1, batch_size=16)
+    baseline, _ = train_locally(baseline_config)
+    baseline_gap = evaluate(predictor(baseline), baseline_config.validate_data, 20, progress=False)["gap"]
+    assert gap > baseline_gap + 0.1, (gap, baseline_gap)
+
+
+@pytest.mark.slow
+def test_mlflow_holds_params_metrics_sizes_and_checkpoint_locations(trained):
+    run = tracking.client(trained.config.tracking_uri).get_run(trained.mlflow_run_id)
+    assert run.info.run_name == "tiny" and run.info.status == "FINISHED"
+    assert run.data.params["cluster_size"] == "4" and run.data.params["num_workers"] == "2"
+    assert run.data.params["learning_rate"] == "0.01" and run.data.params["batch_size"] == "8"
+    assert run.data.tags["test"] == "test_train"
+    for key in ("loss", "gap", "examples_per_sec", "fp32_mib", "fp16_mib"):
+        assert key in run.data.metrics, key
+    locations = tracking.checkpoint_locations(trained.mlflow_run_id, trained.config.tracking_uri)
+    assert locations == {read_state(path)["step"]: str(path) for path in trained.checkpoints}
+    found = tracking.find_runs("test-train", "params.cluster_size = '4'", uri=trained.config.tracking_uri)
+    assert trained.mlflow_run_id in [r.info.run_id for r in found]
+
+
+@pytest.mark.slow
+def test_run_resumes_after_the_driver_stops_and_refuses_another_model(trained, netvlad_data):
+    from raytrain8m.train import fit
+
+    # A new driver (fit) on the same out/run_name continues from the last checkpoint.
+    config = _config(netvlad_data, Path(trained.config.out), max_steps=STEPS + EVERY, eval_every=0)
+    with pytest.raises(CheckpointError, match="hidden_size: 16 != 32"):
+        fit(config.replace(model=TINY.replace(hidden_size=32)), resources_per_worker=CPU_HALF)
+    resumed = fit(config, resources_per_worker=CPU_HALF)
+    state = read_state(resumed.checkpoints[-1])
+    assert state["step"] == state["optimizer_iterations"] == STEPS + EVERY
+    assert state["resumed_from"] == STEPS
+    assert [read_state(path)["step"] for path in resumed.checkpoints] == list(range(EVERY, STEPS + EVERY + 1, EVERY))
+    assert resumed.mlflow_run_id == trained.mlflow_run_id  # the same MLflow run goes on
+
+
+# --- the command's door: bad flags give one plain error and exit code 2 ------------------------
+
+@pytest.mark.slow
+def test_bad_train_flags_fail_plainly(netvlad_data, tmp_path):
+    data = ["--train-data", str(netvlad_data / "train*.tfrecord"),
+            "--validate-data", str(netvlad_data / "validate*.tfrecord"), "--out", str(tmp_path)]
+    cases = {
+        "cluster_size must be a positive integer": ["--cluster-size", "0", "--classes", "20", *data],
+        "glob matches no file": ["--classes", "20", *data[2:], "--train-data", str(tmp_path / "no*.tfrecord")],
+        "outside [0, 3)": ["--classes", "3", *data],
+    }
+    env = {**os.environ, "RAYTRAIN8M_RUNS": str(tmp_path), "MLFLOW_TRACKING_URI": ""}
+    running = {message: subprocess.Popen([sys.executable, str(ROOT / "jobs" / "train.py"), *flags], env=env,
+                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               for message, flags in cases.items()}
+    for message, process in running.items():
+        _, stderr = process.communicate(timeout=300)
+        assert process.returncode == 2, (message, stderr[-2000:])
+        errors = [line for line in stderr.splitlines() if line.startswith("error: ")]
+        assert len(errors) == 1 and message in errors[0], stderr[-2000:]
+        assert "Traceback" not in stderr
