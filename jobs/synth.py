@@ -32,6 +32,9 @@ def main() -> None:
     parser.add_argument("--validate-fraction", type=float,
                         default=defaults["validate_fraction"].default)
     parser.add_argument("--test-fraction", type=float, default=defaults["test_fraction"].default)
+    parser.add_argument("--topic-offset", type=float, default=defaults["topic_offset"].default,
+                        help="how much of a topic survives mean pooling (0: only frame clusters "
+                             "carry it, as NetVLAD sees; larger: mean pooling catches up)")
     parser.add_argument("--smoke", action="store_true",
                         help="a tiny set: 120 videos, 20 classes, 12 frames, 2 shards")
     args = parser.parse_args()
@@ -41,7 +44,7 @@ def main() -> None:
         summary = generate(args.out, args.videos, args.classes, args.max_frames, args.shards,
                            args.seed, video_level=args.video_level,
                            validate_fraction=args.validate_fraction,
-                           test_fraction=args.test_fraction)
+                           test_fraction=args.test_fraction, topic_offset=args.topic_offset)
     except Raytrain8mError as error:
         parser.exit(1, f"error: {error}\n")
     summary.pop("label_frequency")

@@ -78,9 +78,8 @@ def netvlad_data(tmp_path_factory) -> Path:
     import raytrain8m.data.synthetic as synthetic
 
     out = tmp_path_factory.mktemp("netvlad-data")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(synthetic, "TOPIC_OFFSET", 0.0)
-        synthetic.generate(str(out), videos=120, classes=20, max_frames=12, shards=2, seed=0, progress=False)
+    synthetic.generate(str(out), videos=120, classes=20, max_frames=12, shards=2, seed=0,
+                       topic_offset=0.0, progress=False)
     return out
 
 

@@ -25,7 +25,7 @@ from raytrain8m.errors import ConfigError
 log = logging.getLogger(__name__)
 
 CENTRE_PAIRS = 2          # a topic has 2 * CENTRE_PAIRS frame centres
-TOPIC_OFFSET = 0.2        # the part of a topic that survives mean pooling
+TOPIC_OFFSET = 0.05       # default part of a topic that survives mean pooling (real YT8M: little)
 CENTRE_SPREAD = 0.6       # the part that only frame clustering sees
 CHUNK = 128               # videos generated together
 
@@ -39,7 +39,7 @@ class World:
     centres: np.ndarray               # [T, 2*CENTRE_PAIRS, 1152] float32 frame centres
 
 
-def make_world(classes: int, rng: np.random.Generator) -> World:
+def make_world(classes: int, rng: np.random.Generator, topic_offset: float = TOPIC_OFFSET) -> World:
     topics = max(2, classes // 2)
     class_weights = 1.0 / np.arange(1, classes + 1) ** 0.9
     class_weights = rng.permutation(class_weights / class_weights.sum())
@@ -48,7 +48,7 @@ def make_world(classes: int, rng: np.random.Generator) -> World:
         size = min(classes, int(rng.integers(2, 5)))
         topic_classes.append(rng.choice(classes, size=size, replace=False, p=class_weights))
     topic_weights = 1.0 / np.arange(1, topics + 1) ** 0.6
-    offset = rng.standard_normal((topics, 1, FEATURE_SIZE), dtype=np.float32) * TOPIC_OFFSET
+    offset = rng.standard_normal((topics, 1, FEATURE_SIZE), dtype=np.float32) * topic_offset
     spread = rng.standard_normal((topics, CENTRE_PAIRS, FEATURE_SIZE), dtype=np.float32)
     centres = offset + CENTRE_SPREAD * np.concatenate([spread, -spread], axis=1)
     return World(topic_classes, topic_weights / topic_weights.sum(), centres.astype(np.float32))
@@ -93,7 +93,8 @@ def _encode(video_id: str, labels: list[int], frames: np.ndarray, video_level: b
 
 def generate(out: str, videos: int, classes: int, max_frames: int, shards: int, seed: int,
              video_level: bool = False, validate_fraction: float = 0.2,
-             test_fraction: float = 0.1, noise: float = 0.45, progress: bool = True) -> dict:
+             test_fraction: float = 0.1, noise: float = 0.45, topic_offset: float = TOPIC_OFFSET,
+             progress: bool = True) -> dict:
     """Write train/validate/test .tfrecord shards under `out` (test without labels); return
     a summary (also written to out/synthetic.json). Same arguments, same bytes."""
     if videos < 1 or classes < 2 or max_frames < 1 or shards < 1:
@@ -104,14 +105,15 @@ def generate(out: str, videos: int, classes: int, max_frames: int, shards: int, 
     filesystem, root = resolve(out)
     filesystem.create_dir(root, recursive=True)
     rng = np.random.default_rng(seed)
-    world = make_world(classes, rng)
+    world = make_world(classes, rng, topic_offset)
     counts = {"validate": int(round(videos * validate_fraction)),
               "test": int(round(videos * test_fraction))}
     counts = {"train": videos - sum(counts.values()), **counts}
     frequency = np.zeros(classes, np.int64)
     labelled, total_labels, next_id = 0, 0, 0
     summary: dict = {"out": out, "videos": videos, "classes": classes, "max_frames": max_frames,
-                     "seed": seed, "level": "video" if video_level else "frame", "splits": {}}
+                     "seed": seed, "noise": noise, "topic_offset": topic_offset,
+                     "level": "video" if video_level else "frame", "splits": {}}
     bar = tqdm(total=videos, desc="synth", unit="video", disable=not progress)
     for split, count in counts.items():
         files = []
