@@ -36,3 +36,34 @@ ensemble: install
 
 infer: install
 	$(PY) jobs/infer.py --model $(ENSEMBLE_DIR) --data '$(TEST_DATA)' --out $(SUBMISSION)
+
+# --- sweep + zoo (jobs/sweep.py, jobs/zoo.py) ---
+# make sweep [SWEEP_GRID=K4-H32,K8-H64 SWEEP_STEPS=120]: a small local K×H sweep on data/synth
+# (made first if missing), then the zoo table. A second `make sweep` resumes $(SWEEP_OUT)
+# (finishes what is unfinished); remove it to start over. On a cluster: jobs/sweep.py recipes.
+SYNTH_DIR ?= data/synth
+SWEEP_OUT ?= runs/sweep
+SWEEP_GRID ?= K4-H32,K8-H32,K8-H64,K16-H64
+SWEEP_CLASSES ?= 100
+SWEEP_STEPS ?= 120
+SWEEP_CHECKPOINT_EVERY ?= 30
+RUNS_DIR ?= runs
+
+$(SYNTH_DIR)/synthetic.json: | $(STAMP)
+	$(PY) jobs/synth.py --out $(SYNTH_DIR) --videos 2000 --classes $(SWEEP_CLASSES) --max-frames 100 --shards 4 --seed 0
+
+sweep: install $(SYNTH_DIR)/synthetic.json
+	$(PY) jobs/sweep.py $(if $(wildcard $(SWEEP_OUT)/sweep.json),--resume --out $(SWEEP_OUT),--grid $(SWEEP_GRID) \
+	  --classes $(SWEEP_CLASSES) --train-data '$(SYNTH_DIR)/train*.tfrecord' \
+	  --validate-data '$(SYNTH_DIR)/validate*.tfrecord' --out $(SWEEP_OUT) --max-steps $(SWEEP_STEPS) \
+	  --checkpoint-every $(SWEEP_CHECKPOINT_EVERY))
+
+mlflow-ui: install
+	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(abspath $(RUNS_DIR))/mlflow.db --host 127.0.0.1 --port 5000
+
+# --- the whole pipeline on the embedded default (jobs/demo.py) ---
+# make demo [DEMO_SCALE=tiny|default|large]: data reused between runs, runs/demo made anew
+DEMO_SCALE ?= default
+
+demo: install
+	TF_CPP_MIN_LOG_LEVEL=2 $(PY) jobs/demo.py --scale $(DEMO_SCALE)

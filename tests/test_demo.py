@@ -1,0 +1,85 @@
+"""`make demo`'s pipeline at the tiny scale, end to end, and every artefact it promises."""
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from raytrain8m.demo import DemoScale, synthesise
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_synthesise_reuses_data_of_the_same_scale_and_remakes_another(tmp_path, caplog):
+    small = DemoScale(videos=30, classes=5, max_frames=4, grid=("K4-H16",), max_steps=1, checkpoint_every=1,
+                      batch_size=2, shards=1)
+    first = synthesise(small, tmp_path / "demo")
+    assert not first["reused"]
+    before = sorted(p.read_bytes() for p in (tmp_path / "demo").glob("*.tfrecord"))
+    with caplog.at_level("INFO"):
+        second = synthesise(small, tmp_path / "demo")
+    assert second["reused"] and "reusing" in caplog.text
+    assert sorted(p.read_bytes() for p in (tmp_path / "demo").glob("*.tfrecord")) == before
+    other = synthesise(DemoScale(**{**small.__dict__, "videos": 40}), tmp_path / "demo")
+    assert not other["reused"] and other["videos"] == 40
+
+
+@pytest.mark.slow
+def test_tiny_demo_runs_every_stage_and_writes_every_artefact(tmp_path):
+    env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}", "TF_CPP_MIN_LOG_LEVEL": "2",
+           "PATH": "/usr/bin:/bin"}
+    (tmp_path / "runs").mkdir()
+    done = subprocess.run([sys.executable, str(REPO / "jobs" / "demo.py"), "--scale", "tiny",
+                           "--data", str(tmp_path / "data"), "--runs", str(tmp_path / "runs")],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = tmp_path / "runs" / "demo"
+    summary = json.loads((out / "summary.json").read_text())
+
+    # the zoo: every grid model trained, inferior ones dropped, letters given, table printed
+    zoo = json.loads((out / "sweep" / "zoo.json").read_text())
+    assert len(zoo["models"]) + len(zoo["eliminated"]) == 4
+    assert [m["letter"] for m in zoo["models"]] == list("ABCD"[:len(zoo["models"])])
+    assert "fp32 MiB" in done.stdout and "ensemble:" in done.stdout and "make mlflow-ui" in done.stdout
+
+    # fp16 halves the big tensors and keeps the GAP
+    for row in summary["compression"]:
+        assert row["fp16_mib"] < 0.65 * row["fp32_mib"]
+        assert abs(row["gap_fp16"] - row["gap_fp32"]) < 1e-3
+
+    # the ensemble: under its scaled budget, exported per DESIGN's contract
+    ensemble = summary["ensemble"]
+    assert ensemble["size_mib"] <= summary["budget_mib"]
+    assert abs(sum(ensemble["weights"]) - 1) < 1e-6
+    best_member = max(m["averaged_gap"] if m["averaged_gap"] is not None else m["best_single_gap"] for m in zoo["models"])
+    assert ensemble["validate_gap"] >= best_member - 1e-9  # the search includes every single member
+    export = out / "ensemble"
+    for name in ("inference_model/inference_model.meta", "inference_model/inference_model.index",
+                 "model_flags.json", "ensemble.json", "saved_model/saved_model.pb"):
+        assert (export / name).is_file(), name
+    flags = json.loads((export / "model_flags.json").read_text())
+    assert flags["feature_names"] == "rgb,audio" and flags["frame_features"] is True
+
+    # the Kaggle CSV: one row per test video, 20 (or all classes if fewer) pairs, most confident first
+    with open(out / "submission.csv") as handle:
+        rows = list(csv.reader(handle))
+    assert rows[0] == ["VideoId", "LabelConfidencePairs"]
+    assert len(rows) - 1 == summary["submission"]["videos"] > 0
+    for video_id, pairs in rows[1:]:
+        values = pairs.split()
+        confidences = [float(c) for c in values[1::2]]
+        assert video_id.startswith("te") and len(values) == 2 * 20
+        assert confidences == sorted(confidences, reverse=True)
+
+    # the report and its figures, also in MLflow
+    report = (out / "report.md").read_text()
+    for figure in ("pareto.png", "training_curves.png", "members_vs_ensemble.png"):
+        assert (out / figure).stat().st_size > 1000 and figure in report
+    import mlflow
+    client = mlflow.MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])
+    artifacts = {a.path for a in client.list_artifacts(summary["sweep_parent_run_id"], "report")}
+    assert "report/report.md" in artifacts and "report/members_vs_ensemble.png" in artifacts
