@@ -6,7 +6,7 @@
 | `RAYTRAIN8M_DATA` | `data` | where datasets live (`jobs/synth.py` writes here) |
 | `MLFLOW_TRACKING_URI` | `sqlite:///<runs>/mlflow.db` | the MLflow store (a server on a cluster) |
 | `MLFLOW_EXPERIMENT_NAME` | `raytrain8m` | the experiment runs go to |
-| `RAY_ADDRESS` | unset: a local Ray starts in-process | the cluster `ray.init()` joins |
+| `RAY_ADDRESS` | unset: a local Ray starts in-process (`local`) | the cluster `ray.init()` joins |
 | `TF_CPP_MIN_LOG_LEVEL` | `2` in training workers | TensorFlow's C++ log level (2 = errors only) |
 
 Functions, not constants: tests and Tune trials change the environment after import.
@@ -45,8 +45,10 @@ def experiment_name() -> str:
     return os.environ.get("MLFLOW_EXPERIMENT_NAME", "").strip() or DEFAULT_EXPERIMENT
 
 
-def ray_address() -> str | None:
-    return os.environ.get("RAY_ADDRESS") or None
+def ray_address() -> str:
+    """`RAY_ADDRESS` (set by `ray job submit` too), else "local": start Ray in-process and never
+    join a stray `ray start` cluster that happens to run on this machine."""
+    return os.environ.get("RAY_ADDRESS") or "local"
 
 
 def tf_log_level() -> str:

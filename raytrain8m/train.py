@@ -214,8 +214,8 @@ def fit(config: TrainConfig, parent_run_id: str | None = None, tags: Mapping[str
     if not ray.is_initialized():
         address = settings.ray_address()
         # Locally, logical CPUs beyond the cores leave room for Ray Data's read tasks.
-        ray.init(address=address or "local",  # "local": never join a stray cluster on this machine
-                 num_cpus=None if address else max(os.cpu_count() or 1, config.num_workers + 2))
+        ray.init(address=address,
+                 num_cpus=max(os.cpu_count() or 1, config.num_workers + 2) if address == "local" else None)
     resources = dict(resources_per_worker) if resources_per_worker else None
     _check_cpus_left_for_data(config, resources, ray.cluster_resources().get("CPU", 0))
     dataset = read_dataset(config.train_data, num_classes=config.model.num_classes, max_frames=config.max_frames)

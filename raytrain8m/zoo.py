@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import string
 from pathlib import Path
 from typing import Any, Iterable
 
 from raytrain8m.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 LETTERS = string.ascii_uppercase
 
@@ -37,14 +40,20 @@ class ZooEntry:
     pinned: bool = False
 
     @property
+    def _averaged_wins(self) -> bool:
+        # Averaging usually wins (the paper: +0.0039); early in training it may not.
+        return self.averaged_gap is not None and self.averaged_gap >= self.best_single_gap
+
+    @property
     def gap(self) -> float:
-        """The model's score: its averaged checkpoint's when there is one."""
-        return self.averaged_gap if self.averaged_gap is not None else self.best_single_gap
+        """The model's score: the better of its averaged and best single checkpoint."""
+        return self.averaged_gap if self._averaged_wins else self.best_single_gap
 
     @property
     def checkpoint(self) -> str:
-        """The checkpoint that represents this model in an ensemble."""
-        return self.averaged_checkpoint or self.best_single_checkpoint
+        """The checkpoint that represents this model in an ensemble (the one scoring `gap`)."""
+        return (self.averaged_checkpoint or self.best_single_checkpoint) if self._averaged_wins \
+            else self.best_single_checkpoint
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -158,3 +167,110 @@ def load_zoo(path: str | os.PathLike) -> Zoo:
         raise ConfigError(f"{path}: not valid JSON ({error})") from error
     return Zoo([_entry(values, path) for values in payload.get("models", [])],
                [_entry(values, path) for values in payload.get("eliminated", [])], path)
+
+
+def carry_pins(entries: Iterable[ZooEntry], previous: Zoo | None) -> list[ZooEntry]:
+    """Give each entry the letter a previous zoo pinned to its model name."""
+    pins = {entry.name: entry.letter for entry in (previous.models if previous else []) if entry.pinned}
+    entries = list(entries)
+    for entry in entries:
+        if entry.name in pins:
+            entry.letter, entry.pinned = pins[entry.name], True
+    return entries
+
+
+def plot_pareto(zoo: Zoo, path: str | os.PathLike, title: str = "model zoo") -> Path:
+    """Size (fp32 MiB) vs GAP: kept models labelled with their letters, eliminated ones greyed."""
+    import matplotlib
+    matplotlib.use("Agg")
+    from matplotlib import pyplot
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure, axes = pyplot.subplots(figsize=(7, 4.5))
+    kept = sorted(zoo.models, key=lambda entry: entry.fp32_mib)
+    axes.plot([e.fp32_mib for e in kept], [e.gap for e in kept], "o-", color="tab:blue",
+              label="kept (Pareto front)")
+    for entry in kept:
+        axes.annotate(f"{entry.letter} {entry.name}", (entry.fp32_mib, entry.gap), fontsize=7,
+                      xytext=(4, 4), textcoords="offset points")
+    if zoo.eliminated:
+        axes.scatter([e.fp32_mib for e in zoo.eliminated], [e.gap for e in zoo.eliminated],
+                     color="lightgrey", edgecolors="grey", label="eliminated (inferior)", zorder=1)
+        for entry in zoo.eliminated:
+            axes.annotate(entry.name, (entry.fp32_mib, entry.gap), fontsize=6, color="grey",
+                          xytext=(4, -8), textcoords="offset points")
+    axes.set_xlabel("float32 model size (MiB)")
+    axes.set_ylabel("validate GAP")
+    axes.set_title(title)
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8, loc="lower right")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    pyplot.close(figure)
+    return path
+
+
+def build_zoo(run_dirs: Iterable[str | os.PathLike], validate_data: str, out: str | os.PathLike,
+              interval: int = 1, average: bool = True, eval_batches: int | None = None,
+              parent_run_id: str | None = None, tracking_uri: str | None = None) -> Zoo:
+    """Score each trained model on validate (best single checkpoint, then the best average of
+    a range when `average`), drop inferior models, letter the rest (keeping letters pinned in
+    an existing `out/zoo.json`), write `zoo.json`, `zoo.txt` and `pareto.png`."""
+    from raytrain8m import tracking
+    from raytrain8m.average import auto_average
+    from raytrain8m.checkpoint import list_checkpoints, read_config
+    from raytrain8m.evaluate import evaluate_checkpoint
+    from raytrain8m.models import size_mib
+
+    out = Path(out)
+    entries = []
+    for run_dir in map(Path, run_dirs):
+        checkpoints = list_checkpoints(run_dir)
+        if not checkpoints:
+            raise ConfigError(f"{run_dir}: no checkpoints to put in the zoo")
+        config = read_config(checkpoints[-1])
+        entry = ZooEntry(name=config.name, cluster_size=config.cluster_size, hidden_size=config.hidden_size,
+                         num_classes=config.num_classes, fp32_mib=round(size_mib(config, fp16=False), 2),
+                         fp16_mib=round(size_mib(config, fp16=True), 2), best_single_gap=0.0,
+                         best_single_checkpoint="", checkpoints=[str(path) for path in checkpoints],
+                         run_dir=str(run_dir), mlflow_run_id=_run_id(run_dir))
+        if average and len(checkpoints) >= 2:
+            summary = auto_average(checkpoints, validate_data, out / "averaged" / config.name, interval=interval,
+                                   max_batches=eval_batches, track=False, progress=False)
+            entry.best_single_gap, entry.best_single_checkpoint = summary.best_single_gap, summary.best_single_checkpoint
+            entry.averaged_gap, entry.averaged_checkpoint = summary.averaged_gap, summary.out
+        else:
+            scores = [evaluate_checkpoint(path, validate_data, progress=False)
+                      for path in checkpoints[::max(1, interval)]]
+            best = max(scores, key=lambda score: score["gap"])
+            entry.best_single_gap, entry.best_single_checkpoint = float(best["gap"]), str(best["checkpoint"])
+        if entry.mlflow_run_id:
+            tracking.RunLogger(entry.mlflow_run_id, tracking_uri).log_metrics(
+                {"best_single_gap": entry.best_single_gap,
+                 **({"averaged_gap": entry.averaged_gap} if entry.averaged_gap is not None else {})})
+        entries.append(entry)
+    previous = load_zoo(out / "zoo.json") if (out / "zoo.json").is_file() else None
+    zoo = Zoo.build(carry_pins(entries, previous))
+    zoo.save(out / "zoo.json")
+    (out / "zoo.txt").write_text(zoo.table() + "\n")
+    plot_pareto(zoo, out / "pareto.png", title=f"model zoo ({len(zoo.models)} kept, "
+                                               f"{len(zoo.eliminated)} eliminated)")
+    if parent_run_id:
+        from mlflow.exceptions import MlflowException
+
+        mlflow_client = tracking.client(tracking_uri)
+        for name in ("zoo.json", "zoo.txt", "pareto.png"):
+            try:
+                mlflow_client.log_artifact(parent_run_id, str(out / name), "zoo")
+            except (MlflowException, OSError) as error:  # the zoo is built; tracking is a copy
+                log.warning("MLflow: could not log %s (%s)", name, error)
+        tracking.RunLogger(parent_run_id, tracking_uri).log_metrics(
+            {"zoo_models": len(zoo.models), "zoo_eliminated": len(zoo.eliminated)})
+    return zoo
+
+
+def _run_id(run_dir: Path) -> str | None:
+    """The MLflow run `fit` recorded for a run directory (train.MLFLOW_JSON), if any."""
+    record = run_dir / "mlflow.json"
+    return json.loads(record.read_text()).get("run_id") if record.is_file() else None

@@ -1,0 +1,268 @@
+"""The sweep: grid parsing, the memory model, placement on GPU types, and Tune runs of it.
+
+The slow tests start a simulated mixed-GPU cluster (`ray.cluster_utils.Cluster`): a CPU
+head, a node labelled gpu-type=T4 and one labelled gpu-type=1060, each with one CPU and no
+GPU. GPU memory is scaled down (TEST_PROFILES) so that the tiny test models (iterations
+10, 20 classes) need different batch sizes on the two types, as real models do on real
+cards. Trials train on CPU but must land on the node type their plan chose.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from raytrain8m.errors import ConfigError
+from raytrain8m.gpus import GPU_PROFILES, GpuProfile
+from raytrain8m.models import ModelConfig, num_parameters, size_mib
+from raytrain8m.placement import (CPU, PAPER_GRID, largest_batch, memory_estimate, memory_gib, parse_grid,
+                                  parse_inventory, plan, plan_table)
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = dict(num_classes=20, iterations=10)
+# Simulated cards and batch sizes scaled to the tiny models and the 84-video train split
+TEST_PROFILES = {"T4": GpuProfile("T4", 0.95, 8.1, "test"), "1060": GpuProfile("1060", 0.79, 4.4, "test")}
+TEST_BATCHES = (40, 20, 10, 5)
+SWEEP_GRID = "K4-H16,K8-H16,K32-H16,K64-H16"
+
+
+# --- grid and memory model (no Ray) -------------------------------------------------------
+
+def test_grid_from_names_product_and_paper_alias():
+    assert [c.name for c in parse_grid("K24-H1440, K32-H1024")] == ["K24-H1440", "K32-H1024"]
+    grid = parse_grid("K8-H16", "8,16", "16,32", num_classes=20)
+    assert [c.name for c in grid] == ["K8-H16", "K8-H32", "K16-H16", "K16-H32"]  # K8-H16 once
+    assert all(c.num_classes == 20 for c in grid)
+    assert len(parse_grid("paper")) == 28 == len(PAPER_GRID.split(","))
+    with pytest.raises(ConfigError, match="K<cluster>-H<hidden>"):
+        parse_grid("K32H1024")
+    with pytest.raises(ConfigError, match="both cluster sizes and hidden sizes"):
+        parse_grid("", "8,16")
+    with pytest.raises(ConfigError, match="empty grid"):
+        parse_grid("")
+
+
+def test_sweep_file_yaml_sets_grid_and_training(tmp_path):
+    from raytrain8m.sweep import sweep_spec
+
+    path = tmp_path / "sweep.yaml"
+    path.write_text("cluster_sizes: [4, 8]\nhidden_sizes: [16]\nclasses: 20\n"
+                    "train: {max_steps: 7, batch_size: 16}\n")
+    spec = sweep_spec(sweep_file=path, max_steps=9)  # a flag beats the file
+    assert [m.name for m in spec.models] == ["K4-H16", "K8-H16"]
+    assert spec.train.max_steps == 9 and spec.train.batch_size == 16
+    assert spec.train.model.num_classes == 20
+    path.write_text("grid: K4-H16\ntrain: {max_step: 7}\n")
+    with pytest.raises(ConfigError, match="unknown train config keys: max_step"):
+        sweep_spec(sweep_file=path)
+    path.write_text("grids: K4-H16\n")
+    with pytest.raises(ConfigError, match="unknown sweep keys grids"):
+        sweep_spec(sweep_file=path)
+
+
+def test_memory_model_counts_weights_adam_gradients_and_activations():
+    config = ModelConfig.from_name("K24-H1440")
+    estimate = memory_estimate(config, 80)
+    assert estimate.weights == pytest.approx(num_parameters(config) * 4 / 2**30)
+    assert estimate.weights * 2**10 == pytest.approx(size_mib(config), rel=1e-9)  # 714.93 MiB
+    assert estimate.optimizer == pytest.approx(2 * estimate.weights)
+    assert estimate.gradients == pytest.approx(estimate.weights)
+    # NetVLAD's residuals dominate: batch × iterations × (1024·K + 128·K/2) floats, kept for backward
+    residuals = 2 * 80 * 300 * (1024 * 24 + 128 * 12) * 4 / 2**30
+    assert residuals < estimate.activations < 1.1 * residuals
+    assert memory_gib(config, 160) > memory_gib(config, 80) > memory_gib(config, 40)
+    assert memory_gib(ModelConfig.from_name("K100-H800"), 80) > memory_gib(config, 80)
+
+
+def test_batch_size_is_the_largest_that_fits_the_type():
+    config = ModelConfig.from_name("K24-H1440")
+    assert largest_batch(config, GPU_PROFILES["L4"].memory_gib) == 160
+    assert largest_batch(config, GPU_PROFILES["1080Ti"].memory_gib) == 80
+    assert largest_batch(config, GPU_PROFILES["1060"].memory_gib) == 20
+    assert largest_batch(ModelConfig.from_name("K150-H600"), GPU_PROFILES["1060"].memory_gib) is None
+
+
+def test_config_that_fits_nowhere_is_refused_by_name_before_anything_starts():
+    configs = parse_grid("K16-H256,K64-H1024,K150-H600,K32-H1024")
+    with pytest.raises(ConfigError) as error:
+        plan(configs, {"1060": 2}, 80)  # 6 GiB: K64-H1024 needs 6.6 GiB even at batch 20
+    message = str(error.value)
+    assert "2 config(s)" in message and "K150-H600" in message and "K64-H1024" in message
+    assert "K16-H256" not in message and "K32-H1024" not in message
+    assert len(plan(configs, {"1060": 2, "1080Ti": 1}, 80)) == 4  # an 11 GiB card takes them
+
+
+def test_plan_sends_largest_configs_to_the_largest_gpus_first():
+    placements = plan(parse_grid("paper"), parse_inventory("1080Ti,1060,T4,L4"), 80)
+    assert len(placements) == 28
+    # launch order: the most memory-hungry configs (at batch 160) first
+    memory = [memory_gib(ModelConfig.from_name(p.model), 160) for p in placements]
+    by_model = {p.model: p for p in placements}
+    assert placements[0].model == "K150-H600" and placements[0].gpu_type == "L4"
+    assert by_model["K100-H800"].gpu_type == "L4"  # 23 GiB at batch 80: only an L4 holds it
+    for p in placements:  # never planned beyond the card's memory
+        assert p.memory_gib <= GPU_PROFILES[p.gpu_type].memory_gib
+        assert p.batch_size in (160, 80, 40, 20)
+    assert memory == sorted(memory, reverse=True)
+    assert {p.gpu_type for p in placements} == {"1080Ti", "1060", "T4", "L4"}  # all types used
+    table = plan_table(placements)
+    assert "K24-H1440" in table and "714.93" in table and "381.40" in table
+
+
+def test_cpu_only_cluster_runs_everything_on_cpu_with_the_default_batch():
+    placements = plan(parse_grid("K4-H16,K150-H600"), {}, 32)
+    assert {(p.gpu_type, p.batch_size) for p in placements} == {(CPU, 32)}
+
+
+def test_tiny_test_profiles_make_batch_sizes_follow_the_type():
+    grid = parse_grid(SWEEP_GRID, **TINY)
+    by_type = {name: {c.name: largest_batch(c, profile.memory_gib, TEST_BATCHES) for c in grid}
+               for name, profile in TEST_PROFILES.items()}
+    assert by_type["T4"] == {"K4-H16": 40, "K8-H16": 40, "K32-H16": 40, "K64-H16": 20}
+    assert by_type["1060"] == {"K4-H16": 40, "K8-H16": 40, "K32-H16": 5, "K64-H16": None}
+    placed = {p.model: p for p in plan(grid, {"T4": 1, "1060": 1}, 16, 1, TEST_BATCHES, TEST_PROFILES)}
+    assert (placed["K64-H16"].gpu_type, placed["K64-H16"].batch_size) == ("T4", 20)
+    assert (placed["K32-H16"].gpu_type, placed["K32-H16"].batch_size) == ("T4", 40)  # not 1060 at 5
+    assert "1060" in {p.gpu_type for p in placed.values()}
+    with pytest.raises(ConfigError, match="K400-H16"):
+        plan(parse_grid("K4-H16,K400-H16", **TINY), {"T4": 1, "1060": 1}, 16, 1, TEST_BATCHES, TEST_PROFILES)
+
+
+def test_dry_run_prints_the_plan_and_exits(tmp_path):
+    done = subprocess.run([sys.executable, "jobs/sweep.py", "--grid", "paper", "--classes", "3862",
+                           "--dry-run", "--gpus", "1080Ti,1060,T4,L4"],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "K150-H600" in done.stdout and "GPU type" in done.stdout and "trials per type" in done.stdout
+    refused = subprocess.run([sys.executable, "jobs/sweep.py", "--grid", "K150-H600", "--dry-run",
+                              "--gpus", "1060"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and "K150-H600" in refused.stderr
+    assert refused.stderr.splitlines()[-1].startswith("error: ")
+
+
+# --- on a simulated mixed-GPU cluster -----------------------------------------------------
+
+@pytest.fixture(scope="module")
+def gpu_cluster(tmp_path_factory):
+    """A CPU head and two simulated GPU nodes (labels, CPUs underneath); not the session Ray."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    session_ray = ray.is_initialized()
+    if session_ray:
+        ray.shutdown()  # a Cluster needs its own ray.init, not `ray_session`'s
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    cluster.add_node(num_cpus=1, labels={"gpu-type": "T4"})
+    cluster.add_node(num_cpus=1, labels={"gpu-type": "1060"})
+    ray.init(address=cluster.address, log_to_driver=False)
+    yield cluster
+    ray.shutdown()
+    cluster.shutdown()
+    if session_ray:  # give later tests back the session's Ray, as conftest started it
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+
+
+def _spec(data: Path, grid: str = SWEEP_GRID, **train):
+    from raytrain8m.sweep import sweep_spec
+
+    settings = dict(max_steps=4, checkpoint_every=2, eval_every=0, eval_batches=2, log_every=2,
+                    max_failures=0)
+    settings.update(train)
+    spec = sweep_spec(grid, train_data=str(data / "train*.tfrecord"),
+                      validate_data=str(data / "validate*.tfrecord"), **settings)
+    return spec.replace(models=tuple(m.replace(**TINY) for m in spec.models),
+                        train=spec.train.replace(model=spec.train.model.replace(**TINY)),
+                        batch_sizes=TEST_BATCHES)
+
+
+@pytest.fixture()
+def mlflow_store(tmp_path, monkeypatch):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("RAYTRAIN8M_RUNS", str(tmp_path / "runs"))
+    return uri
+
+
+@pytest.mark.slow
+def test_four_config_sweep_places_by_type_and_logs_child_runs(gpu_cluster, synthetic_dir, mlflow_store, tmp_path):
+    from raytrain8m import tracking
+    from raytrain8m.sweep import plan_sweep, run_sweep
+    from raytrain8m.zoo import build_zoo, load_zoo
+
+    spec = _spec(synthetic_dir)
+    placements = plan_sweep(spec, profiles=TEST_PROFILES)
+    assert {p.gpu_type for p in placements} == {"T4", "1060"}
+    started = time.monotonic()
+    result = run_sweep(spec, tmp_path / "sweep", profiles=TEST_PROFILES)
+    wall = time.monotonic() - started
+    print(f"4-config sweep on the simulated cluster: {wall:.0f} s")
+    assert [t.error for t in result.trials] == [None] * 4
+    planned = {p.model: p for p in placements}
+    for trial in result.trials:
+        # the workers ran on the node type the plan chose, with that type's batch size
+        assert trial.metrics["node_gpu_types"] == planned[trial.model].gpu_type, trial
+        assert trial.metrics["placed_ok"] == 1
+        assert trial.metrics["batch_size"] == planned[trial.model].batch_size
+        assert trial.metrics["step"] == 4
+    children = tracking.child_runs(result.parent_run_id, uri=mlflow_store)
+    assert sorted(run.info.run_name for run in children) == sorted(SWEEP_GRID.split(","))
+    for run in children:
+        assert run.data.params["gpu_type"] == planned[run.info.run_name].gpu_type
+        assert run.data.params["batch_size"] == str(planned[run.info.run_name].batch_size)
+        assert "fp32_mib" in run.data.metrics and "gap" in run.data.metrics
+
+    zoo = build_zoo([t.run_dir for t in result.completed], spec.train.validate_data, result.out,
+                    parent_run_id=result.parent_run_id)
+    assert len(zoo.models) + len(zoo.eliminated) == 4
+    assert load_zoo(result.out / "zoo.json").table() == zoo.table()
+    assert (result.out / "pareto.png").is_file()
+    artifacts = {a.path for a in tracking.client(mlflow_store).list_artifacts(result.parent_run_id, "zoo")}
+    assert {"zoo/zoo.json", "zoo/pareto.png", "zoo/zoo.txt"} <= artifacts
+
+
+@pytest.mark.slow
+def test_killed_worker_ends_in_a_retried_completed_trial(gpu_cluster, synthetic_dir, mlflow_store, tmp_path):
+    from raytrain8m.checkpoint import list_checkpoints, read_state
+    from raytrain8m.sweep import run_sweep
+
+    # The worker SIGKILLs itself at step 3 (after the step-2 checkpoint), once; Train gives up
+    # (max_failures=0), so the trial fails and Tune retries it, and fit resumes from step 2.
+    spec = _spec(synthetic_dir, "K4-H16", crash_at_step=3)
+    result = run_sweep(spec, tmp_path / "sweep", max_failures=2, profiles=TEST_PROFILES)
+    (trial,) = result.trials
+    assert trial.error is None and trial.metrics["step"] == 4
+    steps = [read_state(path)["step"] for path in list_checkpoints(trial.run_dir)]
+    assert steps == [2, 4]
+    assert read_state(list_checkpoints(trial.run_dir)[-1])["resumed_from"] == 2
+
+
+@pytest.mark.slow
+def test_resume_finishes_only_the_missing_trials(gpu_cluster, synthetic_dir, mlflow_store, tmp_path):
+    from raytrain8m import tracking
+    from raytrain8m.checkpoint import list_checkpoints
+    from raytrain8m.sweep import SWEEP_JSON, TRAIN_DIR, resume_sweep, run_sweep
+    from raytrain8m.trainloop import CRASH_MARKER
+
+    out = tmp_path / "sweep"
+    # Every worker SIGKILLs itself at step 3, once per run directory; K4-H16's marker is already
+    # there, so K4-H16 finishes and K8-H16 dies with no retries left: the sweep stops unfinished.
+    spec = _spec(synthetic_dir, "K4-H16,K8-H16", crash_at_step=3)
+    marker = out / TRAIN_DIR / "K4-H16" / CRASH_MARKER.format(step=3)
+    marker.parent.mkdir(parents=True)
+    marker.touch()
+    first = run_sweep(spec, out, max_failures=0, profiles=TEST_PROFILES)
+    assert {t.model: bool(t.error) for t in first.trials} == {"K4-H16": False, "K8-H16": True}
+    finished = {path: path.stat().st_mtime_ns for path in list_checkpoints(out / TRAIN_DIR / "K4-H16")}
+
+    second = resume_sweep(out)
+    assert {t.model: t.error for t in second.trials} == {"K4-H16": None, "K8-H16": None}
+    assert {t.model: t.metrics["step"] for t in second.trials} == {"K4-H16": 4, "K8-H16": 4}
+    # K4-H16 was not trained again; K8-H16 went on from its step-2 checkpoint
+    assert {path: path.stat().st_mtime_ns for path in list_checkpoints(out / TRAIN_DIR / "K4-H16")} == finished
+    assert json.loads((out / SWEEP_JSON).read_text())["sweep"]["parent_run_id"] == second.parent_run_id
+    children = tracking.child_runs(second.parent_run_id, uri=mlflow_store)
+    assert sorted(run.info.run_name for run in children) == ["K4-H16", "K8-H16"]  # one run each

@@ -1,0 +1,86 @@
+"""The zoo: Pareto elimination, letters that stay pinned, zoo.json and the Pareto plot."""
+from __future__ import annotations
+
+import pytest
+
+from raytrain8m.errors import ConfigError
+from raytrain8m.zoo import Zoo, ZooEntry, carry_pins, load_zoo, pareto, plot_pareto
+
+
+def entry(name: str, fp32: float, gap: float) -> ZooEntry:
+    k, h = (int(part[1:]) for part in name.split("-"))
+    return ZooEntry(name=name, cluster_size=k, hidden_size=h, num_classes=20, fp32_mib=fp32,
+                    fp16_mib=fp32 / 2, best_single_gap=gap, best_single_checkpoint=f"/ckpt/{name}")
+
+
+def paper_like() -> list[ZooEntry]:
+    return [entry("K24-H1440", 714.93, 0.8744), entry("K20-H1600", 767.27, 0.8700),  # bigger, worse
+            entry("K32-H1024", 549.24, 0.8717), entry("K16-H1024", 481.11, 0.8717),   # same GAP, smaller
+            entry("K16-H800", 384.27, 0.8712), entry("K16-H256", 158.65, 0.8594)]
+
+
+def test_inferior_models_are_eliminated():
+    kept, eliminated = pareto(paper_like())
+    assert {e.name for e in eliminated} == {"K20-H1600", "K32-H1024"}
+    assert [e.name for e in Zoo.build(paper_like()).models] == ["K24-H1440", "K16-H1024", "K16-H800",
+                                                                "K16-H256"]
+
+
+def test_letters_follow_decreasing_size():
+    zoo = Zoo.build(paper_like())
+    assert "".join(e.letter for e in zoo.models) == "ABCD"
+    assert zoo.members("AD")[1].name == "K16-H256"
+
+
+def test_pinned_letters_stay_pinned_across_rebuilds(tmp_path):
+    zoo = Zoo.build(paper_like())
+    zoo.pin("Y", "K24-H1440")
+    zoo.pin("P", "K16-H256")
+    zoo.save(tmp_path / "zoo.json")
+    # A rebuild with a new, larger model and different scores keeps Y and P where they were.
+    rebuilt = paper_like() + [entry("K32-H1280", 900.0, 0.8760)]
+    rebuilt = Zoo.build(carry_pins(rebuilt, load_zoo(tmp_path / "zoo.json")))
+    letters = {e.name: e.letter for e in rebuilt.models}
+    assert letters["K24-H1440"] == "Y" and letters["K16-H256"] == "P"
+    assert len(set(letters.values())) == len(letters)
+    with pytest.raises(ConfigError, match="already pinned"):
+        rebuilt.pin("Y", "K16-H800")
+
+
+def test_zoo_json_round_trip_and_table(tmp_path):
+    zoo = Zoo.build(paper_like())
+    loaded = load_zoo(zoo.save(tmp_path / "zoo.json"))
+    assert [e.name for e in loaded.models] == [e.name for e in zoo.models]
+    table = loaded.table()
+    assert "K24-H1440 (A)" in table and "eliminated (inferior): K20-H1600, K32-H1024" in table
+
+
+def test_pareto_plot_is_written(tmp_path):
+    path = plot_pareto(Zoo.build(paper_like()), tmp_path / "pareto.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_zoo_job_pins_a_letter_and_prints_json(tmp_path):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    path = Zoo.build(paper_like()).save(tmp_path / "zoo.json")
+    job = [sys.executable, str(Path(__file__).resolve().parents[1] / "jobs" / "zoo.py"), str(path)]
+    pinned = subprocess.run(job + ["--pin", "Y=K24-H1440"], capture_output=True, text=True, timeout=60)
+    assert pinned.returncode == 0, pinned.stderr
+    assert "K24-H1440 (Y)" in pinned.stdout
+    assert {e.name: e.letter for e in load_zoo(path).models if e.pinned} == {"K24-H1440": "Y"}
+    shown = subprocess.run(job + ["--json"], capture_output=True, text=True, timeout=60)
+    assert json.loads(shown.stdout)["models"][0]["letter"] == "Y"
+    wrong = subprocess.run(job + ["--pin", "Z=K9-H9"], capture_output=True, text=True, timeout=60)
+    assert wrong.returncode == 2 and wrong.stderr.startswith("error: ") and "K9-H9" in wrong.stderr
+
+
+def test_a_model_is_scored_by_the_better_of_its_average_and_best_single():
+    better, worse = entry("K16-H256", 158.65, 0.8576), entry("K16-H400", 217.05, 0.8619)
+    better.averaged_gap, better.averaged_checkpoint = 0.8594, "/avg/K16-H256"
+    worse.averaged_gap, worse.averaged_checkpoint = 0.8600, "/avg/K16-H400"  # early: averaging lost
+    assert (better.gap, better.checkpoint) == (0.8594, "/avg/K16-H256")
+    assert (worse.gap, worse.checkpoint) == (0.8619, "/ckpt/K16-H400")
