@@ -47,6 +47,7 @@ SWEEP_GRID ?= K4-H32,K8-H32,K8-H64,K16-H64
 SWEEP_CLASSES ?= 100
 SWEEP_STEPS ?= 120
 SWEEP_CHECKPOINT_EVERY ?= 30
+SWEEP_LR ?= 1e-3
 RUNS_DIR ?= runs
 
 $(SYNTH_DIR)/synthetic.json: | $(STAMP)
@@ -56,7 +57,7 @@ sweep: install $(SYNTH_DIR)/synthetic.json
 	$(PY) jobs/sweep.py $(if $(wildcard $(SWEEP_OUT)/sweep.json),--resume --out $(SWEEP_OUT),--grid $(SWEEP_GRID) \
 	  --classes $(SWEEP_CLASSES) --train-data '$(SYNTH_DIR)/train*.tfrecord' \
 	  --validate-data '$(SYNTH_DIR)/validate*.tfrecord' --out $(SWEEP_OUT) --max-steps $(SWEEP_STEPS) \
-	  --checkpoint-every $(SWEEP_CHECKPOINT_EVERY))
+	  --checkpoint-every $(SWEEP_CHECKPOINT_EVERY) --lr $(SWEEP_LR))
 
 mlflow-ui: install
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(abspath $(RUNS_DIR))/mlflow.db --host 127.0.0.1 --port 5000

@@ -55,6 +55,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     train.add_argument("--validate-data", help="validate split glob or URI (also scores the zoo)")
     train.add_argument("--max-steps", type=int)
     train.add_argument("--checkpoint-every", type=int)
+    train.add_argument("--lr", dest="learning_rate", type=float,
+                       help="base learning rate (TrainConfig's default: the paper's 1e-4)")
     train.add_argument("--workers-per-trial", type=int, help="data-parallel workers per model (default 1)")
     train.add_argument("--batch-sizes", default="", help="per-worker batch sizes to try on a GPU, largest "
                                                         "first (default: 160,80,40,20, the paper's)")
@@ -92,7 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args.grid, args.cluster_sizes, args.hidden_sizes, args.classes, args.workers_per_trial,
                 args.sweep_file, train_data=args.train_data, validate_data=args.validate_data,
                 max_steps=args.max_steps, checkpoint_every=args.checkpoint_every,
-                **{key: getattr(args, key, None) for key in ("eval_every", "eval_batches", "log_every", "batch_size")})
+                **{key: getattr(args, key, None) for key in ("eval_every", "eval_batches", "log_every", "batch_size", "learning_rate")})
             if args.batch_sizes:
                 spec = spec.replace(batch_sizes=tuple(placement.parse_ints(args.batch_sizes, "batch sizes")))
             if args.dry_run:
