@@ -32,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("RAYTRAIN8M_RUNS", args.runs)  # the default MLflow store lives under --runs
     try:
         summary = run_demo(args.scale, args.data, args.runs, args.max_concurrent)
     except Raytrain8mError as error:

@@ -62,15 +62,11 @@ def _zoo(path: str | os.PathLike):
 
 
 def zoo_member(entry: Any, average: bool = True) -> Member:
-    """A member from a zoo entry: its averaged checkpoint (when `average` and there is one) or best single."""
-    if average and entry.averaged_checkpoint:
-        path, gap = entry.averaged_checkpoint, entry.averaged_gap
-    else:
-        if average:
-            log.info("zoo model %s (%s) has no averaged checkpoint; using its best single", entry.letter,
-                     entry.name)
-        path, gap = entry.best_single_checkpoint, entry.best_single_gap
-    return member_from_checkpoint(path, entry.letter, gap)
+    """A member from a zoo entry: the checkpoint the zoo scored best (averaged range or best
+    single) when `average`, else its best single checkpoint."""
+    if average:
+        return member_from_checkpoint(entry.checkpoint, entry.letter, entry.gap)
+    return member_from_checkpoint(entry.best_single_checkpoint, entry.letter, entry.best_single_gap)
 
 
 def is_letter_spec(spec: str) -> bool:
