@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
           f"(budget {summary['budget_mib']:.2f})  validate GAP {ensemble['validate_gap']:.4f}")
     print(f"predictions: {summary['submission']['out']} ({summary['submission']['videos']} videos)")
     print(f"report: {summary['report']}   ({summary['total_s']:.0f} s in all)")
-    print(f"MLflow UI: make mlflow-ui   (then open http://127.0.0.1:5000)")
+    print("MLflow UI: make mlflow-ui   (then open http://127.0.0.1:5000)")
     return 0
 
 
