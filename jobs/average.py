@@ -21,7 +21,7 @@ import logging
 import sys
 from typing import Sequence
 
-from raytrain8m.errors import ConfigError, Raytrain8mError
+from raytrain8m.errors import ConfigError, Raytrain8mError, fail
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -59,8 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             chosen = average.select(average.resolve_checkpoints(args.sources), args.start_step, args.end_step)
             result = {"out": str(average.average(chosen, args.out)), "averaged_from": [str(p) for p in chosen]}
     except Raytrain8mError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        return fail(error)
     print(json.dumps(result))
     return 0
 

@@ -20,7 +20,7 @@ import os
 import sys
 
 from raytrain8m.demo import SCALES, run_demo
-from raytrain8m.errors import Raytrain8mError
+from raytrain8m.errors import Raytrain8mError, fail
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,8 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         summary = run_demo(args.scale, args.data, args.runs, args.max_concurrent)
     except Raytrain8mError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        return fail(error)
     if args.json:
         print(json.dumps(summary, indent=2, default=str))
         return 0

@@ -26,7 +26,7 @@ import sys
 from typing import Sequence
 
 from raytrain8m.ensemble import DEFAULT_BUDGET_MIB
-from raytrain8m.errors import Raytrain8mError
+from raytrain8m.errors import Raytrain8mError, fail
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -65,8 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                batch_size=args.batch_size, max_batches=args.max_batches,
                                max_members=args.max_members, track=not args.no_track)
     except Raytrain8mError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        return fail(error)
     if result.table:
         print(result.table)
     print(json.dumps(result.to_dict()))

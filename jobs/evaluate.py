@@ -14,7 +14,7 @@ import logging
 import sys
 from typing import Sequence
 
-from raytrain8m.errors import Raytrain8mError
+from raytrain8m.errors import Raytrain8mError, fail
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -34,8 +34,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         metrics = evaluate_checkpoint(args.checkpoint, args.data, batch_size=args.batch_size,
                                       progress=not args.no_progress)
     except Raytrain8mError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        return fail(error)
     print(json.dumps(metrics, sort_keys=True))
     return 0
 

@@ -20,7 +20,7 @@ import logging
 import sys
 from typing import Sequence
 
-from raytrain8m.errors import Raytrain8mError
+from raytrain8m.errors import Raytrain8mError, fail
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -46,8 +46,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         summary = infer(args.model, args.data, args.out, batch_size=args.batch_size, workers=args.workers,
                         use_gpu=args.use_gpu, source=args.source)
     except Raytrain8mError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        return fail(error)
     print(json.dumps(summary.to_dict()))
     return 0
 

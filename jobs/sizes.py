@@ -15,7 +15,7 @@ from typing import Sequence
 
 import numpy as np
 
-from raytrain8m.errors import Raytrain8mError
+from raytrain8m.errors import Raytrain8mError, fail
 from raytrain8m.models import ModelConfig, create_variables
 
 # Table 1 of the paper, largest first (letters Y G F X H K L J A N S O T Q E R M P).
@@ -70,8 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         rows = sizes(args.models, args.classes)
     except Raytrain8mError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        return fail(error)
     print(json.dumps(rows, indent=2) if args.json else table(rows))
     return 0
 

@@ -34,7 +34,7 @@ import logging
 import sys
 from typing import Sequence
 
-from raytrain8m.errors import Raytrain8mError
+from raytrain8m.errors import Raytrain8mError, fail
 
 SMOKE = {"grid": "K4-H16,K8-H16", "classes": 20, "max_steps": 20, "checkpoint_every": 5,
          "eval_every": 0, "eval_batches": 2, "log_every": 5, "batch_sizes": "16,8",
@@ -112,8 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         zoo = build_zoo(done, validate, result.out, interval=args.zoo_interval,
                         parent_run_id=result.parent_run_id)
     except Raytrain8mError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        return fail(error)
     print(zoo.table())
     print(f"\n{len(result.completed)}/{len(result.trials)} trials in {result.wall_s:.0f} s; "
           f"zoo: {zoo.path}")

@@ -12,12 +12,13 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
+import sys
 
 from raytrain8m.data.synthetic import generate
-from raytrain8m.errors import Raytrain8mError
+from raytrain8m.errors import Raytrain8mError, fail
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, help="output directory or URI")
@@ -46,10 +47,11 @@ def main() -> None:
                            validate_fraction=args.validate_fraction,
                            test_fraction=args.test_fraction, topic_offset=args.topic_offset)
     except Raytrain8mError as error:
-        parser.exit(1, f"error: {error}\n")
+        return fail(error)
     summary.pop("label_frequency")
     print(json.dumps(summary, indent=1))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -23,7 +23,7 @@ import sys
 from typing import Any, Sequence
 
 from raytrain8m import settings
-from raytrain8m.errors import ConfigError, Raytrain8mError
+from raytrain8m.errors import ConfigError, Raytrain8mError, fail
 from raytrain8m.models import ModelConfig
 from raytrain8m.train import TrainConfig
 
@@ -123,8 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from raytrain8m.train import fit
         result = fit(config)
     except Raytrain8mError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        return fail(error)
     print(json.dumps({"run_dir": str(result.run_dir), "mlflow_run_id": result.mlflow_run_id,
                       "checkpoints": [str(path) for path in result.checkpoints],
                       "metrics": result.metrics}, indent=2, default=str))

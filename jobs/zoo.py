@@ -15,7 +15,7 @@ import json
 import sys
 from typing import Sequence
 
-from raytrain8m.errors import ConfigError, Raytrain8mError
+from raytrain8m.errors import ConfigError, Raytrain8mError, fail
 from raytrain8m.zoo import load_zoo
 
 
@@ -40,8 +40,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.pin:
             zoo.save(args.zoo)
     except Raytrain8mError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        return fail(error)
     print(json.dumps(zoo.to_dict(), indent=2) if args.json else zoo.table())
     return 0
 

@@ -16,3 +16,11 @@ class CheckpointError(Raytrain8mError):
 
 class BudgetError(Raytrain8mError):
     """An ensemble larger than its size budget."""
+
+
+def fail(error: Exception) -> int:
+    """A command's door: show the error once, plainly (no traceback), and give exit status 2."""
+    import sys
+
+    print(f"error: {error}", file=sys.stderr)
+    return 2
