@@ -118,7 +118,7 @@ def run_demo(scale_name: str = "default", data_root: str | Path = "data", runs_r
                         learning_rate=demo.learning_rate, decay_examples=demo.decay_examples,
                         max_steps=demo.max_steps,
                         checkpoint_every=demo.checkpoint_every, eval_every=0, eval_batches=0,
-                        max_frames=demo.max_frames, log_every=demo.checkpoint_every,
+                        max_frames=demo.max_frames, log_every=max(1, demo.checkpoint_every // 4),
                         experiment="raytrain8m-demo")
     spec = sweep.SweepSpec(models, train)
     result = sweep.run_sweep(spec, out / "sweep", max_concurrent=max_concurrent, max_failures=1, name="demo")

@@ -165,8 +165,9 @@ def run_trial(config: dict[str, Any]) -> None:
     logger = tracking.RunLogger(result.mlflow_run_id, train_config.tracking_uri)
     logger.log_params({key: extra[key] for key in ("gpu_type", "batch_size", "memory_gib")})
     logger.set_tags({"node_gpu_types": extra["node_gpu_types"]})
+    # At the run's last step: logged at step 0, the final loss would sit at the start of its curve.
     logger.log_metrics({key: value for key, value in {**result.metrics, **extra}.items()
-                        if key not in ("step", "batch_size")})
+                        if key not in ("step", "batch_size")}, step=result.metrics.get("step"))
     tune.report({**{k: v for k, v in result.metrics.items() if isinstance(v, (int, float, str))}, **extra,
                  "run_dir": str(result.run_dir), "mlflow_run_id": result.mlflow_run_id})
 
