@@ -9,6 +9,8 @@ cards. Trials train on CPU but must land on the node type their plan chose.
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -142,6 +144,168 @@ def test_dry_run_prints_the_plan_and_exits(tmp_path):
                               "--gpus", "1060"], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert refused.returncode == 2 and "K150-H600" in refused.stderr
     assert refused.stderr.splitlines()[-1].startswith("error: ")
+
+
+# --- the sweep's driver killed, then resumed (its own local Ray in a subprocess) ----------
+
+def _session_processes(sid: int) -> dict[int, str]:
+    """{pid: command line} of the live processes of session `sid` (Linux /proc). Ray's
+    workers move to process groups of their own, but none leaves the driver's session."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            fields = stat[stat.rindex(")") + 2:].split()  # state, ppid, pgrp, session, …
+            if int(fields[3]) == sid and fields[0] not in "ZX":
+                found[int(entry.name)] = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()[:160]
+        except (OSError, ValueError, IndexError):
+            continue  # gone meanwhile
+    return found
+
+
+def _kill_session(sid: int) -> dict[int, str]:
+    """SIGKILL whatever of session `sid` is still alive (only this test's processes); return them."""
+    left = _session_processes(sid)
+    for pid in left:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return left
+
+
+def _tune_statuses(tune_dir: Path) -> dict[str, str]:
+    """{trial name: status} from Tune's experiment state on disk, what `Tuner.restore` reads."""
+    for path in sorted(tune_dir.glob("experiment_state-*.json"), reverse=True):
+        try:
+            state = json.loads(path.read_text())
+            trials = [json.loads(trial[0]) for trial in state["trial_data"]]
+            return {trial["custom_trial_name"]: trial["status"] for trial in trials}
+        except (OSError, ValueError, KeyError, IndexError, TypeError):
+            return {}  # being written; read it again
+    return {}
+
+
+def _files(root: Path) -> dict[str, tuple[int, int]]:
+    """{relative path: (inode, mtime_ns)} of every file under `root`."""
+    return {str(path.relative_to(root)): (path.stat().st_ino, path.stat().st_mtime_ns)
+            for path in sorted(root.rglob("*")) if path.is_file()}
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="finds Ray's processes in /proc")
+def test_sweep_driver_killed_then_resumed_finishes_only_the_unfinished_trials(synthetic_dir, tmp_path):
+    """`jobs/sweep.py` SIGKILLed (its whole process group) after one of two trials finished;
+    `--resume` runs only the other, and the MLflow parent keeps one child run per model."""
+    import mlflow
+
+    from raytrain8m.checkpoint import list_checkpoints, read_state
+    from raytrain8m.sweep import SWEEP_JSON, TRAIN_DIR, TUNE_DIR
+    from raytrain8m.zoo import load_zoo
+
+    models = ["K4-H16", "K4-H24"]
+    out, uri = tmp_path / "sweep", f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}  # a local Ray of its own
+    env.update(MLFLOW_TRACKING_URI=uri, RAYTRAIN8M_RUNS=str(tmp_path / "runs"))
+    env.pop("TUNE_GLOBAL_CHECKPOINT_S", None)  # Tune's default: experiment state saved every >= 10 s
+    command = [sys.executable, "jobs/sweep.py", "--grid", ",".join(models), "--classes", "20",
+               "--train-data", str(synthetic_dir / "train*.tfrecord"),
+               "--validate-data", str(synthetic_dir / "validate*.tfrecord"), "--out", str(out),
+               "--max-steps", "8", "--checkpoint-every", "4", "--max-concurrent", "1", "--smoke"]
+    log_path = tmp_path / "first.log"
+    started = time.monotonic()
+    with log_path.open("w") as log:
+        driver = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                  start_new_session=True)  # its own session and process group
+    sid = driver.pid
+    try:
+        # 1. Wait until Tune's state on disk (what `Tuner.restore` reads, not the checkpoints)
+        # says one trial is done and the other is not. Tune saves it every >= 10 s, and a
+        # background thread copies experiment_state-*.json and the grid's basic-variant-state-*
+        # to <out>/tune one after the other: a kill between the two copies leaves a searcher
+        # that still counts the finished trial as running, and with max_concurrent_trials the
+        # restored Tuner then waits for it forever. So kill 1 s after the copy was seen, far
+        # from both ends of the 10 s period.
+        deadline, statuses = time.monotonic() + 240, {}
+        while time.monotonic() < deadline and driver.poll() is None:
+            statuses = _tune_statuses(out / TUNE_DIR)
+            if list(statuses.values()).count("TERMINATED") == 1:
+                time.sleep(1)
+                statuses = _tune_statuses(out / TUNE_DIR)
+                break
+            time.sleep(0.2)
+        assert driver.poll() is None, f"the sweep ended by itself ({driver.returncode}):\n" \
+                                      f"{log_path.read_text()[-3000:]}"
+        assert list(statuses.values()).count("TERMINATED") == 1, \
+            f"no trial finished in 240 s: {statuses}\n{log_path.read_text()[-3000:]}"
+        (finished,) = [name for name, status in statuses.items() if status == "TERMINATED"]
+        (unfinished,) = set(models) - {finished}
+        # "Unfinished" is Tune's word: the other trial may have trained to step 8 already (its
+        # `fit` then resumes at step 8 and trains nothing); what it has is printed below.
+        finished_files = _files(out / TRAIN_DIR / finished)
+        killed_at = time.monotonic() - started
+
+        # 2. SIGKILL the driver's process group; Ray's processes must go with it.
+        os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait(timeout=30)
+        unfinished_dir = out / TRAIN_DIR / unfinished
+        progress = sorted(path.name for path in unfinished_dir.iterdir()) if unfinished_dir.is_dir() else []
+        deadline = time.monotonic() + 60
+        while _session_processes(sid) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        gone_after = time.monotonic() - started - killed_at
+        left = _kill_session(sid)
+        assert not left, f"Ray processes outlived their killed driver by 60 s: {left}"
+        print(f"killed at {killed_at:.0f} s with Tune state {statuses}; {unfinished}'s run dir then: "
+              f"{progress}; its Ray processes gone {gone_after:.1f} s after the kill")
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+            driver.wait(timeout=30)
+        _kill_session(sid)
+
+    # 3. Resume: only the unfinished trial runs; then the zoo of both.
+    resumed_at = time.monotonic()
+    log_path = tmp_path / "resume.log"
+    with log_path.open("w") as log:
+        resume = subprocess.Popen([sys.executable, "jobs/sweep.py", "--out", str(out), "--resume"], cwd=REPO,
+                                  env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        resume.wait(timeout=240)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"--resume still running after 240 s (Tune state {_tune_statuses(out / TUNE_DIR)}):\n"
+                    f"{log_path.read_text()[-3000:]}")
+    finally:
+        if resume.poll() is None:
+            os.killpg(resume.pid, signal.SIGKILL)
+            resume.wait(timeout=30)
+        _kill_session(resume.pid)
+    print(f"resume: {time.monotonic() - resumed_at:.0f} s; total {time.monotonic() - started:.0f} s")
+    assert resume.returncode == 0, log_path.read_text()[-4000:]
+
+    # the finished trial was not trained again: the same checkpoint files, untouched, no new ones
+    assert _files(out / TRAIN_DIR / finished) == finished_files
+    steps = {model: [read_state(path)["step"] for path in list_checkpoints(out / TRAIN_DIR / model)]
+             for model in models}
+    assert steps == {finished: [4, 8], unfinished: [4, 8]}
+    assert read_state(list_checkpoints(out / TRAIN_DIR / finished)[-1])["resumed_from"] == 0
+    assert _tune_statuses(out / TUNE_DIR) == {model: "TERMINATED" for model in models}
+    zoo = load_zoo(out / "zoo.json")
+    assert sorted(model.name for model in [*zoo.models, *zoo.eliminated]) == models
+
+    # MLflow: one child run per model under the sweep's parent. The killed trial's run, when
+    # its `fit` had started, is in its run dir's mlflow.json and the resumed `fit` goes on in it.
+    parent_id = json.loads((out / SWEEP_JSON).read_text())["sweep"]["parent_run_id"]
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    parent = client.get_run(parent_id)
+    children = client.search_runs([parent.info.experiment_id],
+                                  f"tags.mlflow.parentRunId = '{parent_id}'")
+    runs = {model: sorted(run.info.status for run in children if run.info.run_name == model)
+            for model in models}
+    print(f"MLflow child runs by model: {runs}")
+    assert runs == {model: ["FINISHED"] for model in models}
 
 
 # --- on a simulated mixed-GPU cluster -----------------------------------------------------
