@@ -18,6 +18,7 @@ from raytrain8m import settings, tracking
 from raytrain8m.checkpoint import check_same_model, list_checkpoints, read_state
 from raytrain8m.errors import ConfigError, Raytrain8mError
 from raytrain8m.models import MODELS, ModelConfig
+from raytrain8m.models.config import only_known_keys
 
 log = logging.getLogger(__name__)
 
@@ -85,11 +86,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> "TrainConfig":
-        known = {field.name for field in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigError(f"unknown train config keys: {', '.join(unknown)}")
-        return cls(**values)
+        return cls(**only_known_keys(cls, values, "train config"))
 
     def resolved(self) -> "TrainConfig":
         """Defaults that depend on the environment made explicit; absolute paths for the workers."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-from typing import Any
+from typing import Any, Mapping
 
 from raytrain8m.errors import ConfigError
 
@@ -18,6 +18,15 @@ BIG_TENSORS = (
     "tower/experts/weights",
     "tower/gating_prob_weights",
 )
+
+
+def only_known_keys(config_class: type, values: Mapping[str, Any], what: str) -> dict[str, Any]:
+    """`values` as keyword arguments of a config dataclass; unknown keys are refused by name."""
+    known = {field.name for field in dataclasses.fields(config_class)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"unknown {what} keys: {', '.join(unknown)}")
+    return dict(values)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,11 +78,7 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "ModelConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigError(f"unknown model config keys: {', '.join(unknown)}")
-        return cls(**values)
+        return cls(**only_known_keys(cls, values, "model config"))
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
