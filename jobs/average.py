@@ -21,6 +21,7 @@ import logging
 import sys
 from typing import Sequence
 
+from raytrain8m.cli import add_evaluation_flags
 from raytrain8m.errors import ConfigError, Raytrain8mError, fail
 
 
@@ -36,9 +37,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--interval", type=int, default=1,
                         help="--auto evaluates every N-th single checkpoint (default: %(default)s)")
     parser.add_argument("--max-ranges", type=int, default=8, help="--auto: candidate ranges to try (default: %(default)s)")
-    parser.add_argument("--batch-size", type=int, default=256, help="evaluation batch size (default: %(default)s)")
-    parser.add_argument("--max-batches", type=int, help="evaluate on at most this many batches (smoke runs)")
-    parser.add_argument("--no-track", action="store_true", help="do not log to MLflow")
+    add_evaluation_flags(parser)
     return parser.parse_args(argv)
 
 

@@ -26,6 +26,7 @@ import sys
 from typing import Sequence
 
 from raytrain8m.ensemble import DEFAULT_BUDGET_MIB
+from raytrain8m.cli import add_evaluation_flags
 from raytrain8m.errors import Raytrain8mError, fail
 
 
@@ -47,9 +48,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="zoo members: use their averaged checkpoints (default) or their best single "
                              "checkpoints (checkpoint paths are used as given)")
     parser.add_argument("--max-members", type=int, default=4, help="--search: at most this many members")
-    parser.add_argument("--batch-size", type=int, default=256, help="evaluation batch size (default: %(default)s)")
-    parser.add_argument("--max-batches", type=int, help="evaluate on at most this many batches (smoke runs)")
-    parser.add_argument("--no-track", action="store_true", help="do not log to MLflow")
+    add_evaluation_flags(parser)
     return parser.parse_args(argv)
 
 

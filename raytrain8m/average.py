@@ -148,7 +148,7 @@ def auto_average(sources: Sequence[str | os.PathLike], validate_data: str | Sequ
         raise ConfigError(f"interval must be >= 1, got {interval}")
 
     def score(config: ModelConfig, tensors: dict[str, np.ndarray], label: str) -> float:
-        model = model_from_tensors(Checkpoint(Path(label), config, 0, {}, tensors))
+        model = model_from_tensors(config, tensors)
         metrics = evaluate(predictor(model), validate_data, config.num_classes, batch_size=batch_size,
                            max_batches=max_batches, progress=progress, desc=label)
         return float(metrics["gap"])

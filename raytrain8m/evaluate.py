@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -12,7 +12,7 @@ from tqdm import tqdm
 from raytrain8m.checkpoint import Checkpoint, load_checkpoint
 from raytrain8m.data.batches import iter_batches, to_model_inputs
 from raytrain8m.metrics import MetricsAccumulator
-from raytrain8m.models import GatedNetVLAD, create_variables
+from raytrain8m.models import MODELS, GatedNetVLAD, ModelConfig
 
 log = logging.getLogger(__name__)
 
@@ -20,12 +20,12 @@ log = logging.getLogger(__name__)
 Predictor = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
-def model_from_tensors(checkpoint: Checkpoint) -> GatedNetVLAD:
-    """An eager model (outside any distribution strategy) holding a checkpoint's weights."""
-    variables = create_variables(checkpoint.config, zeros=True)
-    for name, variable in variables.items():
-        variable.assign(tf.cast(checkpoint.tensors[name], variable.dtype))
-    return GatedNetVLAD(checkpoint.config, variables)
+def model_from_tensors(config: ModelConfig, tensors: Mapping[str, np.ndarray]) -> GatedNetVLAD:
+    """An eager model (outside any distribution strategy) holding these weights."""
+    model = MODELS[config.model](config, zeros=True)
+    for name, variable in model.variables.items():
+        variable.assign(tf.cast(tensors[name], variable.dtype))
+    return model
 
 
 def predictor(model: GatedNetVLAD) -> Predictor:
@@ -39,7 +39,7 @@ def predictor(model: GatedNetVLAD) -> Predictor:
 
 def load_predictor(path: str | os.PathLike) -> tuple[Predictor, Checkpoint]:
     checkpoint = load_checkpoint(path, weights_only=True)
-    return predictor(model_from_tensors(checkpoint)), checkpoint
+    return predictor(model_from_tensors(checkpoint.config, checkpoint.tensors)), checkpoint
 
 
 def evaluate(predict: Predictor, data: str | Sequence[str], num_classes: int, batch_size: int = 256,

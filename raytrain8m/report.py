@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -96,7 +97,7 @@ def write_report(summary: dict[str, Any], zoo: Zoo, out: Path) -> Path:
                "training": plot_training_curves(zoo, out / "training_curves.png"),
                "ensemble": plot_members_vs_ensemble(summary, zoo, out / "members_vs_ensemble.png")}
     if figures["pareto"]:
-        figures["pareto"] = Path(shutil_copy(figures["pareto"], out / "pareto.png"))
+        figures["pareto"] = Path(shutil.copyfile(figures["pareto"], out / "pareto.png"))
     ensemble = summary["ensemble"]
     members = ", ".join(f"{m.get('letter') or ''} {m['name']} ({w:.2f})".strip()
                         for m, w in zip(ensemble["members"], ensemble["weights"]))
@@ -152,8 +153,3 @@ Members (weights): {members}. Size {ensemble['size_mib']:.3f} MiB, validate GAP 
             except (MlflowException, OSError) as error:
                 log.warning("MLflow: could not log %s (%s)", path.name, error)
     return report
-
-
-def shutil_copy(source: Path, destination: Path) -> str:
-    import shutil
-    return shutil.copyfile(source, destination)

@@ -123,14 +123,11 @@ def restore(model, optimizer, config: TrainConfig, directory: str) -> dict[str, 
 
 def evaluate_snapshot(config: TrainConfig, tensors: dict[str, np.ndarray]) -> dict[str, float]:
     """Validate-split metrics from a fresh, non-distributed copy of the weights (rank 0 only)."""
-    from raytrain8m.evaluate import evaluate, predictor
+    from raytrain8m.evaluate import evaluate, model_from_tensors, predictor
 
     if tf.distribute.has_strategy():
         raise TrainingError("evaluate_snapshot must run outside the training strategy's scope")
-    model = MODELS[config.model.model](config.model, zeros=True)
-    for name, variable in model.variables.items():
-        variable.assign(tf.cast(tensors[name], variable.dtype))
-    metrics = evaluate(predictor(model), config.validate_data, config.model.num_classes, batch_size=256,
+    metrics = evaluate(predictor(model_from_tensors(config.model, tensors)), config.validate_data, config.model.num_classes, batch_size=256,
                        max_batches=config.eval_batches or None, progress=False)
     return {("eval_videos" if key == "examples" else key): float(value)
             for key, value in metrics.items() if isinstance(value, (int, float))}
