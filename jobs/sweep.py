@@ -64,7 +64,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     run.add_argument("--out", default="runs/sweep", help="sweep directory (default: %(default)s)")
     run.add_argument("--max-concurrent", type=int, help="trials at once (default: what the cluster holds)")
     run.add_argument("--max-failures", type=int, default=2, help="retries of a failed trial (default: %(default)s)")
-    run.add_argument("--resume", action="store_true", help="restore the sweep in --out; run only unfinished trials")
+    run.add_argument("--resume", action="store_true",
+                     help="finish the sweep in --out: run only the trials that have no trial.json yet")
     run.add_argument("--dry-run", action="store_true", help="print the placement plan and exit")
     run.add_argument("--gpus", default="", help="plan for these GPU types instead of the cluster's "
                                                 "(e.g. 1080Ti=2,1060,T4,L4); with --dry-run")

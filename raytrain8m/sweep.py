@@ -4,9 +4,15 @@ Ray's way of running Train inside Tune (Train V2): a function trainable is a lig
 "driver" that calls `raytrain8m.train.fit`, which starts a `TensorflowTrainer` whose
 workers carry the trial's `label_selector` (`gpu-type=T4`), so they land only on nodes of
 the GPU type the plan chose. A failed trial is retried by Tune (`FailureConfig`) and its
-`fit` resumes from the run's latest checkpoint (same run directory); `resume_sweep`
-restores the Tuner after the driver died and runs only the unfinished trials. MLflow: one
-parent run for the sweep, and `fit`'s run per trial as its child.
+`fit` resumes from the run's latest checkpoint (same run directory). MLflow: one parent run
+for the sweep, and `fit`'s run per trial as its child.
+
+Resuming after the driver died reads only the sweep's own records, not Tune's experiment
+state: `sweep.json` (the plan and the training settings, written before any trial starts)
+and each finished trial's `train/<model>/trial.json` (written when its run is complete).
+A fresh Tuner runs the models without one, and each `fit` goes on from its latest
+checkpoint. Tune copies its state files one after the other, so a driver killed between two
+copies can leave a pair that `Tuner.restore` cannot use; the sweep never depends on them.
 """
 from __future__ import annotations
 
@@ -29,8 +35,9 @@ from raytrain8m.train import TrainConfig
 log = logging.getLogger(__name__)
 
 SWEEP_JSON = "sweep.json"  # the plan and the parent run, written before any trial starts
-TUNE_DIR = "tune"          # Tune's experiment (restored by --resume)
+TUNE_DIR = "tune"          # Tune's experiment; a resumed sweep's are tune-resume-1, -2, …
 TRAIN_DIR = "train"        # one Ray Train run directory per model: <out>/train/K32-H1024/
+TRIAL_JSON = "trial.json"  # in a model's run directory once its trial is complete: what it reported
 # A trial's driver only waits on its Train run; a token of memory keeps it off the CPUs workers need.
 DRIVER_RESOURCES = {"CPU": 0, "memory": 64 * 2**20}
 _SPEC_KEYS = {"grid", "cluster_sizes", "hidden_sizes", "classes", "workers_per_trial", "batch_sizes", "train"}
@@ -168,8 +175,10 @@ def run_trial(config: dict[str, Any]) -> None:
     # At the run's last step: logged at step 0, the final loss would sit at the start of its curve.
     logger.log_metrics({key: value for key, value in {**result.metrics, **extra}.items()
                         if key not in ("step", "batch_size")}, step=result.metrics.get("step"))
-    tune.report({**{k: v for k, v in result.metrics.items() if isinstance(v, (int, float, str))}, **extra,
-                 "run_dir": str(result.run_dir), "mlflow_run_id": result.mlflow_run_id})
+    report = {**{k: v for k, v in result.metrics.items() if isinstance(v, (int, float, str))}, **extra,
+              "run_dir": str(result.run_dir), "mlflow_run_id": result.mlflow_run_id}
+    _write_json(Path(result.run_dir) / TRIAL_JSON, report)  # the trial is done, whatever Tune saves
+    tune.report(report)
 
 
 def _write_json(path: Path, payload: Any) -> None:
@@ -180,7 +189,7 @@ def _write_json(path: Path, payload: Any) -> None:
 
 
 def _tuner(train: TrainConfig, placements: Sequence[Placement], out: Path, sweep: dict[str, Any],
-           max_concurrent: int, max_failures: int):
+           max_concurrent: int, max_failures: int, name: str = TUNE_DIR):
     from ray import tune
 
     param_space = {**train.to_dict(),
@@ -192,7 +201,7 @@ def _tuner(train: TrainConfig, placements: Sequence[Placement], out: Path, sweep
         tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent,
                                     trial_dirname_creator=lambda trial: trial.config["placement"]["model"],
                                     trial_name_creator=lambda trial: trial.config["placement"]["model"]),
-        run_config=tune.RunConfig(storage_path=str(out), name=TUNE_DIR,
+        run_config=tune.RunConfig(storage_path=str(out), name=name,
                                   failure_config=tune.FailureConfig(max_failures=max_failures),
                                   verbose=0),
     )
@@ -227,7 +236,7 @@ def run_sweep(spec: SweepSpec, out: str | os.PathLike, max_concurrent: int | Non
         from raytrain8m import settings
         ray.init(address=settings.ray_address())
     out = Path(out).expanduser().absolute()
-    if (out / TUNE_DIR).exists():
+    if (out / SWEEP_JSON).exists() or (out / TUNE_DIR).exists():
         raise ConfigError(f"{out} already holds a sweep; resume it (--resume) or choose another --out")
     placements = list(placements) if placements is not None else plan_sweep(spec, profiles=profiles)
     log.info("sweep plan:\n%s", plan_table(placements))
@@ -245,7 +254,7 @@ def run_sweep(spec: SweepSpec, out: str | os.PathLike, max_concurrent: int | Non
              "use_gpu": {p.model: p.gpu_type != CPU and cluster_has_gpus(p.gpu_type) for p in placements}}
     max_concurrent = max_concurrent or default_concurrency(placements, spec.workers_per_trial, profiles)
     _write_json(out / SWEEP_JSON, {"sweep": sweep, "placements": [p.to_dict() for p in placements],
-                                   "validate_data": train.validate_data,
+                                   "train": train.to_dict(), "validate_data": train.validate_data,
                                    "max_concurrent": max_concurrent, "max_failures": max_failures})
     started = time.monotonic()
     results = _tuner(train, placements, out, sweep, max_concurrent, max_failures).fit()
@@ -253,31 +262,55 @@ def run_sweep(spec: SweepSpec, out: str | os.PathLike, max_concurrent: int | Non
 
 
 def resume_sweep(out: str | os.PathLike) -> SweepResult:
-    """Restore a sweep whose driver died: finished trials stay, the others run (errored ones again)."""
+    """Finish a sweep whose driver died: trials with a `trial.json` stay as they are, the
+    others (unstarted, interrupted or failed) run in a fresh Tuner from their checkpoints."""
     import ray
-    from ray import tune
     out = Path(out).expanduser().absolute()
     record = out / SWEEP_JSON
-    if not record.is_file() or not tune.Tuner.can_restore(str(out / TUNE_DIR)):
-        raise ConfigError(f"{out}: no sweep to resume here (no {SWEEP_JSON} or {TUNE_DIR}/)")
-    if not ray.is_initialized():
-        from raytrain8m import settings
-        ray.init(address=settings.ray_address())
+    if not record.is_file():
+        raise ConfigError(f"{out}: no sweep to resume here (no {SWEEP_JSON})")
     saved = json.loads(record.read_text())
+    if "train" not in saved:
+        raise ConfigError(f"{record} has no training settings (written by an older raytrain8m); "
+                          "start the sweep again in a new --out")
     placements = [Placement.from_dict(p) for p in saved["placements"]]
-    started = time.monotonic()
-    tuner = tune.Tuner.restore(str(out / TUNE_DIR), tune.with_resources(run_trial, DRIVER_RESOURCES),
-                               resume_errored=True)
-    results = tuner.fit()
     sweep = saved["sweep"]
+    finished = [outcome for outcome in map(_finished_trial, [Path(sweep["train_out"]) / p.model
+                                                            for p in placements]) if outcome]
+    done = {outcome.model for outcome in finished}
+    pending = [p for p in placements if p.model not in done]
+    log.info("resuming %s: %d of %d trials finished; running %s", out, len(done), len(placements),
+             ", ".join(p.model for p in pending) or "nothing")
+    started = time.monotonic()
+    results = []
+    if pending:
+        if not ray.is_initialized():
+            from raytrain8m import settings
+            ray.init(address=settings.ray_address())
+        attempt = 1 + sum(1 for _ in out.glob(f"{TUNE_DIR}-resume-*"))
+        tuner = _tuner(TrainConfig.from_dict(saved["train"]), pending, out, sweep,
+                       min(saved["max_concurrent"], len(pending)), saved["max_failures"],
+                       name=f"{TUNE_DIR}-resume-{attempt}")
+        results = tuner.fit()
     return _finish(results, out, placements, sweep["parent_run_id"], sweep["tracking_uri"],
-                   time.monotonic() - started)
+                   time.monotonic() - started, finished)
+
+
+def _finished_trial(run_dir: Path) -> TrialOutcome | None:
+    """The outcome a complete trial recorded in its run directory, or None."""
+    path = run_dir / TRIAL_JSON
+    if not path.is_file():
+        return None
+    report = json.loads(path.read_text())
+    return TrialOutcome(model=run_dir.name, status="TERMINATED", gpu_type=report["gpu_type"],
+                        batch_size=report["batch_size"], metrics=report, run_dir=report["run_dir"],
+                        mlflow_run_id=report.get("mlflow_run_id"))
 
 
 def _finish(results, out: Path, placements: Sequence[Placement], parent_run_id: str, uri: str,
-            wall_s: float) -> SweepResult:
+            wall_s: float, finished: Sequence[TrialOutcome] = ()) -> SweepResult:
     by_model = {p.model: p for p in placements}
-    trials = []
+    trials = list(finished)
     for result in results:
         model = result.config["placement"]["model"]
         metrics = dict(result.metrics or {})
