@@ -2,10 +2,15 @@
 whole Ray Train run on tiny synthetic data. The last line printed is one JSON object.
 
     python bench/bench_train.py --model K16-H256 --classes 3862 --batch-size 80   # 1 worker, the step
+    python bench/bench_train.py --grid paper --gpu-type T4                        # a grid: GPU-hours
     python bench/bench_train.py --ray-workers 2                                   # tiny 2-worker run
 
 Step mode builds the model and optimizer under a one-worker MultiWorkerMirroredStrategy, as
 each Ray worker does, and feeds random frames padded to --max-frames (no data reading).
+Grid mode times every model of --grid in turn, each at the batch size the sweep would give
+it on --gpu-type, and projects the hours to train each for --total-steps (the paper: 200k):
+run it on one node of each GPU type to replace the estimated cost table in cluster/README.md
+with measured GPU-hours. Data loading is not included, so these are lower bounds.
 """
 from __future__ import annotations
 
@@ -22,7 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
-def bench_step(args: argparse.Namespace) -> dict:
+def bench_step(args: argparse.Namespace, model_name: str | None = None, batch_size: int | None = None,
+               strategy=None) -> dict:
     import numpy as np
     import tensorflow as tf
 
@@ -30,32 +36,76 @@ def bench_step(args: argparse.Namespace) -> dict:
     from raytrain8m.train import TrainConfig
     from raytrain8m.trainloop import make_optimizer, make_train_step
 
-    model_config = ModelConfig.from_name(args.model, num_classes=args.classes, iterations=args.iterations)
-    config = TrainConfig(model=model_config, batch_size=args.batch_size, max_frames=args.max_frames)
-    strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    batch_size = batch_size or args.batch_size
+    model_config = ModelConfig.from_name(model_name or args.model, num_classes=args.classes,
+                                         iterations=args.iterations)
+    config = TrainConfig(model=model_config, batch_size=batch_size, max_frames=args.max_frames)
+    strategy = strategy or tf.distribute.MultiWorkerMirroredStrategy()
     with strategy.scope():
         model = MODELS["gated_netvlad"](model_config, seed=0)
         optimizer = make_optimizer(config)
         optimizer.build([variable for variable in model.variables.values() if variable.trainable])
     step = make_train_step(model, optimizer, strategy, config)
     rng = np.random.default_rng(0)
-    frames = rng.uniform(-2, 2, (args.batch_size, args.max_frames, model_config.feature_size)).astype(np.float32)
-    num_frames = rng.integers(args.max_frames // 2, args.max_frames + 1, args.batch_size).astype(np.int32)
-    labels = (rng.random((args.batch_size, args.classes)) < 3 / args.classes).astype(np.float32)
+    frames = rng.uniform(-2, 2, (batch_size, args.max_frames, model_config.feature_size)).astype(np.float32)
+    num_frames = rng.integers(args.max_frames // 2, args.max_frames + 1, batch_size).astype(np.int32)
+    labels = (rng.random((batch_size, args.classes)) < 3 / args.classes).astype(np.float32)
     for _ in range(args.warmup):
         float(step(frames, num_frames, labels))
     start = time.perf_counter()
     for _ in range(args.steps):
         float(step(frames, num_frames, labels))
     seconds = time.perf_counter() - start
-    examples_per_sec = args.steps * args.batch_size / seconds
-    return {"mode": "step", "model": model_config.name, "classes": args.classes, "batch_size": args.batch_size,
+    examples_per_sec = args.steps * batch_size / seconds
+    return {"mode": "step", "model": model_config.name, "classes": args.classes, "batch_size": batch_size,
             "max_frames": args.max_frames, "iterations": args.iterations, "warmup_steps": args.warmup,
             "timed_steps": args.steps, "seconds_per_step": seconds / args.steps,
             "examples_per_sec": examples_per_sec,
             "forward_gflops_per_sec": examples_per_sec * flops_per_video(model_config) / 1e9,
             "devices": [device.name for device in tf.config.list_logical_devices()],
             "cpus": os.cpu_count()}
+
+
+def bench_grid(args: argparse.Namespace) -> dict:
+    """Every model of the grid at its sweep batch size on --gpu-type: hours for --total-steps."""
+    import gc
+
+    import tensorflow as tf
+    from tqdm import tqdm
+
+    from raytrain8m.gpus import profile
+    from raytrain8m.models import ModelConfig
+    from raytrain8m.placement import largest_batch, parse_grid
+
+    memory = profile(args.gpu_type).memory_gib if args.gpu_type else None
+    if args.gpu_type and not tf.config.list_physical_devices("GPU"):
+        logging.warning("--gpu-type %s, but TensorFlow sees no GPU here: these are CPU timings",
+                        args.gpu_type)
+    strategy = tf.distribute.MultiWorkerMirroredStrategy()  # one per process, shared by all models
+    rows, skipped = [], []
+    for config in tqdm(parse_grid(args.grid), desc=f"timing on {args.gpu_type or 'this device'}", unit="model"):
+        config = ModelConfig.from_name(config.name, num_classes=args.classes, iterations=args.iterations)
+        batch_size = largest_batch(config, memory) if memory else args.batch_size
+        if batch_size is None:
+            skipped.append(config.name)  # the sweep would send it to a larger card
+            continue
+        figures = bench_step(args, config.name, batch_size, strategy)
+        rows.append({"model": config.name, "batch_size": batch_size,
+                     "seconds_per_step": figures["seconds_per_step"],
+                     "examples_per_sec": figures["examples_per_sec"],
+                     "hours": args.total_steps * figures["seconds_per_step"] / 3600})
+        gc.collect()
+    print(f"\n{'model':<12}{'batch':>7}{'s/step':>9}{'ex/s':>9}{f'hours ({args.total_steps} steps)':>22}")
+    for row in rows:
+        print(f"{row['model']:<12}{row['batch_size']:>7}{row['seconds_per_step']:>9.3f}"
+              f"{row['examples_per_sec']:>9.1f}{row['hours']:>22.1f}")
+    if skipped:
+        print(f"too large for {args.gpu_type} at any batch size: {', '.join(skipped)}")
+    total = sum(row["hours"] for row in rows)
+    print(f"GPU-hours for the {len(rows)} models that fit: {total:.0f}\n")
+    return {"mode": "grid", "gpu_type": args.gpu_type, "classes": args.classes, "total_steps": args.total_steps,
+            "models": rows, "skipped": skipped, "gpu_hours": total,
+            "devices": [device.name for device in tf.config.list_logical_devices()]}
 
 
 def bench_ray(args: argparse.Namespace) -> dict:
@@ -100,13 +150,24 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--ray-workers", type=int, default=0, help="N > 0: a tiny Ray Train run on N workers")
+    parser.add_argument("--grid", help="time every model of this grid (names, or `paper` for the paper's 28)")
+    parser.add_argument("--gpu-type", help="--grid: batch sizes as the sweep plans them for this GPU type "
+                                           "(default: --batch-size for every model)")
+    parser.add_argument("--total-steps", type=int, default=200_000,
+                        help="--grid: steps to project the hours for (default: %(default)s, the paper's)")
     args = parser.parse_args()
     if args.ray_workers and args.steps % args.warmup:
         parser.error("--ray-workers: --steps must be a multiple of --warmup (one report window each)")
     logging.basicConfig(level=logging.WARNING)
-    figures = bench_ray(args) if args.ray_workers else bench_step(args)
+    if args.ray_workers:
+        figures = bench_ray(args)
+    elif args.grid:
+        figures = bench_grid(args)
+    else:
+        figures = bench_step(args)
     for key, value in figures.items():
-        print(f"{key:>28}: {value}")
+        if key != "models":
+            print(f"{key:>28}: {value}")
     print(json.dumps(figures))
     return 0
 
