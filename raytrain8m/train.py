@@ -183,30 +183,15 @@ def _check_cpus_left_for_data(config: TrainConfig, resources: Mapping[str, float
                           "resources_per_worker={'CPU': <smaller>}")
 
 
-def fit(config: TrainConfig, parent_run_id: str | None = None, tags: Mapping[str, Any] | None = None,
-        resources_per_worker: Mapping[str, float] | None = None,
-        scaling_options: Mapping[str, Any] | None = None) -> TrainResult:
-    """Train (or resume) one model on Ray Train and return its checkpoints and final metrics.
-
-    `parent_run_id` makes the MLflow run a child (a sweep's trial); `resources_per_worker` and
-    `scaling_options` (e.g. `label_selector`, `accelerator_type`) go to `ScalingConfig`.
-    """
+def _trainer(config: TrainConfig, resources_per_worker: Mapping[str, float] | None,
+             scaling_options: Mapping[str, Any] | None):
+    """Ray (local unless RAY_ADDRESS says otherwise), the train dataset and the TensorflowTrainer."""
     import ray
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.tensorflow import TensorflowTrainer
 
     from raytrain8m.data import read_dataset
     from raytrain8m.trainloop import train_loop_per_worker
-
-    config = config.resolved()
-    check_inputs(config)
-    run_id = _mlflow_run(config, parent_run_id, tags)
-    config = config.replace(mlflow_run_id=run_id)
-    logger = tracking.RunLogger(run_id, config.tracking_uri)
-    logger.log_params(config.params())
-    logger.set_tags({"run_dir": str(config.run_dir)})
-    if config.model.model == "gated_netvlad":
-        logger.log_sizes(config.model)
 
     if not ray.is_initialized():
         address = settings.ray_address()
@@ -217,7 +202,7 @@ def fit(config: TrainConfig, parent_run_id: str | None = None, tags: Mapping[str
     _check_cpus_left_for_data(config, resources, ray.cluster_resources().get("CPU", 0))
     dataset = read_dataset(config.train_data, num_classes=config.model.num_classes, max_frames=config.max_frames)
     dataset.context.enable_progress_bars = False  # rank 0's progress line is the one to read
-    trainer = TensorflowTrainer(
+    return TensorflowTrainer(
         train_loop_per_worker,
         train_loop_config=config.to_dict(),
         scaling_config=ScalingConfig(num_workers=config.num_workers, use_gpu=config.use_gpu,
@@ -232,9 +217,31 @@ def fit(config: TrainConfig, parent_run_id: str | None = None, tags: Mapping[str
             logging_config=LoggingConfig(log_level="WARNING"),  # rank 0's progress lines, not every report
         ),
     )
-    log.info("training %s for %d steps on %d worker(s) into %s", config.model.name, config.max_steps,
-             config.num_workers, config.run_dir)
+
+
+def fit(config: TrainConfig, parent_run_id: str | None = None, tags: Mapping[str, Any] | None = None,
+        resources_per_worker: Mapping[str, float] | None = None,
+        scaling_options: Mapping[str, Any] | None = None) -> TrainResult:
+    """Train (or resume) one model on Ray Train and return its checkpoints and final metrics.
+
+    `parent_run_id` makes the MLflow run a child (a sweep's trial); `resources_per_worker` and
+    `scaling_options` (e.g. `label_selector`, `accelerator_type`) go to `ScalingConfig`. On any
+    failure the MLflow run ends FAILED and a worker's own error is raised plainly.
+    """
+    config = config.resolved()
+    check_inputs(config)
+    run_id = _mlflow_run(config, parent_run_id, tags)
+    config = config.replace(mlflow_run_id=run_id)
+    logger = tracking.RunLogger(run_id, config.tracking_uri)
+    logger.log_params(config.params())
+    logger.set_tags({"run_dir": str(config.run_dir)})
+    if config.model.model == "gated_netvlad":
+        logger.log_sizes(config.model)
+
     try:
+        trainer = _trainer(config, resources_per_worker, scaling_options)
+        log.info("training %s for %d steps on %d worker(s) into %s", config.model.name, config.max_steps,
+                 config.num_workers, config.run_dir)
         result = trainer.fit()
     except Exception as error:  # Ray wraps worker errors; show ours plainly
         logger.end("FAILED")

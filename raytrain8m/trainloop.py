@@ -33,7 +33,7 @@ CRASH_MARKER = ".crashed-at-step-{step}"  # testing: in the run directory, so th
 
 
 class TrainingError(Raytrain8mError):
-    """Training cannot go on (a non-finite loss, an empty data shard)."""
+    """Training cannot go on (a non-finite loss or weights, an empty data shard)."""
 
 
 class StaircaseDecay(keras.optimizers.schedules.LearningRateSchedule):
@@ -106,6 +106,22 @@ def snapshot(model, optimizer) -> dict[str, np.ndarray]:
     tensors = {name: variable.numpy() for name, variable in sorted(model.variables.items())}
     tensors.update({name: np.asarray(variable.numpy()) for name, variable in optimizer_tensors(optimizer).items()})
     return tensors
+
+
+def diverged(config: TrainConfig, what: str, step: int) -> TrainingError:
+    """The error for a run that has blown up, naming the run, its model and the step."""
+    run = config.run_name or config.model.name
+    label = run if run == config.model.name else f"{run} ({config.model.name})"
+    return TrainingError(f"{label}: non-finite {what} at step {step}; lower the learning rate "
+                         f"(now {config.learning_rate:g}); checkpoints before step {step} are kept")
+
+
+def check_finite(tensors: dict[str, np.ndarray], config: TrainConfig, step: int) -> None:
+    """Refuse to evaluate or checkpoint inf/NaN weights. The loss alone misses them: training
+    batch norm uses batch statistics while its moving variance overflows to inf."""
+    bad = [name for name, value in tensors.items() if not np.isfinite(value).all()]
+    if bad:
+        raise diverged(config, f"weights ({', '.join(bad[:3])}{', …' if len(bad) > 3 else ''})", step)
 
 
 def restore(model, optimizer, config: TrainConfig, directory: str) -> dict[str, Any]:
@@ -258,7 +274,7 @@ def train_loop_per_worker(config: dict) -> None:
         loss = float(train_step(frames, num_frames, labels))
         step += 1
         if not math.isfinite(loss):
-            raise TrainingError(f"non-finite loss {loss} at step {step}")
+            raise diverged(config, f"loss {loss}", step)
         window_loss, window_steps = window_loss + loss, window_steps + 1
         last = step == config.max_steps
         do_checkpoint = step % config.checkpoint_every == 0 or last
@@ -270,6 +286,8 @@ def train_loop_per_worker(config: dict) -> None:
                    "examples_per_sec": window_steps * global_batch / max(elapsed, 1e-9),
                    "learning_rate": float(optimizer.learning_rate.numpy())}
         tensors = snapshot(model, optimizer) if do_checkpoint or do_eval else None
+        if tensors is not None:
+            check_finite(tensors, config, step)  # every worker holds the same values: all raise
         if rank == 0:
             log.info(_progress(step, config, metrics["loss"], metrics["examples_per_sec"], resumed_from, started))
             if do_eval:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from raytrain8m import tracking
-from raytrain8m.checkpoint import load_checkpoint, read_state
+from raytrain8m.checkpoint import list_checkpoints, load_checkpoint, read_state
 from raytrain8m.errors import CheckpointError, ConfigError
 from raytrain8m.models import ModelConfig
 from raytrain8m.train import TrainConfig
@@ -163,6 +164,46 @@ def test_run_resumes_after_the_driver_stops_and_refuses_another_model(trained, n
     assert state["resumed_from"] == STEPS
     assert [read_state(path)["step"] for path in resumed.checkpoints] == list(range(EVERY, STEPS + EVERY + 1, EVERY))
     assert resumed.mlflow_run_id == trained.mlflow_run_id  # the same MLflow run goes on
+
+
+# --- a diverging run: one plain error, only finite checkpoints, MLflow run FAILED ---------------
+
+@pytest.mark.slow
+@pytest.mark.parametrize("learning_rate, what", [
+    (1e30, r"loss nan"),                                      # the loss itself is NaN
+    (1e10, r"weights \(tower/gating_bn/moving_variance\)"),  # loss finite (~1e17), BN statistics inf
+], ids=["nan-loss", "inf-weights"])
+def test_diverging_run_fails_naming_the_step_and_keeps_only_finite_checkpoints(
+        synthetic_dir, tmp_path, ray_session, learning_rate, what):
+    import numpy as np
+
+    from raytrain8m.train import fit
+    from raytrain8m.trainloop import TrainingError
+
+    config = _config(synthetic_dir, tmp_path, learning_rate=learning_rate, run_name="diverging", num_workers=1,
+                     max_failures=0, max_steps=10, checkpoint_every=1, eval_every=0)
+    with pytest.raises(TrainingError, match=rf"^diverging \(K4-H16\): non-finite {what} at step \d+; "
+                                            r"lower the learning rate \(now 1e\+\d+\)") as failure:
+        fit(config)
+    failed_at = int(re.search(r"at step (\d+)", str(failure.value)).group(1))
+    checkpoints = list_checkpoints(tmp_path / "diverging")
+    steps = [read_state(path)["step"] for path in checkpoints]
+    assert failed_at > 1 and steps == list(range(1, failed_at))  # every step before the failure, none after
+    for path in checkpoints:
+        assert all(np.isfinite(tensor).all() for tensor in load_checkpoint(path).tensors.values()), path
+    [run] = tracking.find_runs("test-train", "attributes.run_name = 'diverging'", uri=config.tracking_uri)
+    assert run.info.status == "FAILED"
+
+
+@pytest.mark.slow
+def test_a_run_refused_before_its_workers_start_ends_failed_in_mlflow(synthetic_dir, tmp_path, ray_session):
+    from raytrain8m.train import fit
+
+    config = _config(synthetic_dir, tmp_path, run_name="refused", num_workers=2)
+    with pytest.raises(ConfigError, match="leave no CPU"):
+        fit(config, resources_per_worker={"CPU": 1})  # ray_session's 2 CPUs, none left for reading
+    [run] = tracking.find_runs("test-train", "attributes.run_name = 'refused'", uri=config.tracking_uri)
+    assert run.info.status == "FAILED"
 
 
 # --- the command's door: bad flags give one plain error and exit code 2 ------------------------
