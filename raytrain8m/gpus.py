@@ -42,3 +42,21 @@ def profile(gpu_type: str) -> GpuProfile:
         known = ", ".join(GPU_PROFILES)
         raise ConfigError(f"unknown GPU type {gpu_type!r}; known types: {known} "
                           "(add a GpuProfile in raytrain8m/gpus.py)") from None
+
+
+def visible_gpus(where: str) -> list[str]:
+    """TensorFlow's GPUs in this process, which Ray gave a GPU. None visible is an error: a
+    CPU-only TensorFlow (or a CUDA mismatch) would otherwise train 50× slower without a word."""
+    import os
+
+    import ray
+    import tensorflow as tf
+
+    gpus = [gpu.name for gpu in tf.config.list_physical_devices("GPU")]
+    if not gpus:
+        raise ConfigError(
+            f"{where}: Ray assigned GPU {','.join(map(str, ray.get_gpu_ids())) or '?'} "
+            f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}), but TensorFlow "
+            f"{tf.__version__} sees no GPU. Install the CUDA build on every GPU node "
+            "(`pip install .[gpu]`, i.e. tensorflow[and-cuda]) or run without --use-gpu")
+    return gpus

@@ -26,6 +26,7 @@ import numpy as np
 from raytrain8m.data.schema import DataError
 from raytrain8m.errors import ConfigError
 from raytrain8m.export import ENSEMBLE_JSON, META_DIR, META_PREFIX, SAVED_MODEL
+from raytrain8m.gpus import visible_gpus
 
 log = logging.getLogger(__name__)
 
@@ -93,9 +94,11 @@ def _pack(model_dir: Path, source: str) -> dict[str, bytes]:
 class FilePredictor:
     """Ray Data callable class: loads the model once per actor, turns input files into CSV rows."""
 
-    def __init__(self, model_ref: list, source: str, batch_size: int, num_classes: int):
+    def __init__(self, model_ref: list, source: str, batch_size: int, num_classes: int, use_gpu: bool = False):
         import ray
 
+        if use_gpu:
+            visible_gpus("infer actor")
         self.directory = Path(tempfile.mkdtemp(prefix="raytrain8m-model-"))
         for relative, payload in ray.get(model_ref[0]).items():
             target = self.directory / relative
@@ -121,6 +124,18 @@ class FilePredictor:
         return {"path": np.asarray(batch["path"], dtype=object), "text": np.asarray(texts, dtype=object),
                 "error": np.asarray(errors, dtype=object), "record": np.asarray(records, np.int64),
                 "videos": np.asarray(videos, np.int64)}
+
+
+def _check_gpu_node() -> None:
+    """Before loading the model on every actor: can TensorFlow on a GPU node see its GPU? (An
+    actor's own check, in its constructor, reaches the driver only as text inside Ray's error.)"""
+    import ray
+
+    probe = ray.remote(num_cpus=0, num_gpus=1)(visible_gpus)
+    try:
+        ray.get(probe.remote("infer on a GPU node"))
+    except ray.exceptions.RayTaskError as error:
+        raise error.cause from None
 
 
 @dataclasses.dataclass
@@ -213,6 +228,8 @@ def infer(model_dir: str | os.PathLike, data: str | Sequence[str], out: str | os
         resources = ray.cluster_resources()
         if use_gpu and resources.get("GPU", 0) < 1:
             raise ConfigError("--use-gpu, but the Ray cluster has no GPU")
+        if use_gpu:
+            _check_gpu_node()
         available = int(resources.get("GPU", 0)) if use_gpu else max(1, int(resources.get("CPU", 1)) // 2)
         pool = max(1, min(workers or available, len(pending)))
         context = ray.data.DataContext.get_current()
@@ -222,7 +239,7 @@ def infer(model_dir: str | os.PathLike, data: str | Sequence[str], out: str | os
         results = dataset.map_batches(
             FilePredictor, batch_size=1, compute=ray.data.ActorPoolStrategy(size=pool),
             fn_constructor_kwargs={"model_ref": model_ref, "source": source, "batch_size": batch_size,
-                                   "num_classes": num_classes},
+                                   "num_classes": num_classes, "use_gpu": use_gpu},
             num_cpus=1, num_gpus=1 if use_gpu else 0)
         errors = []
         with tqdm(total=len(pending), desc="infer", unit="file", disable=not progress) as bar:

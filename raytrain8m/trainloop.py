@@ -24,6 +24,7 @@ import tensorflow as tf
 from raytrain8m.checkpoint import OPTIMIZER_PREFIX, check_same_model, load_checkpoint, save_checkpoint
 from raytrain8m.data import DataError, to_model_inputs
 from raytrain8m.errors import Raytrain8mError
+from raytrain8m.gpus import visible_gpus
 from raytrain8m.models import MODELS, cross_entropy
 from raytrain8m.train import TrainConfig
 
@@ -242,6 +243,8 @@ def train_loop_per_worker(config: dict) -> None:
     tf.get_logger().setLevel(logging.ERROR)  # else "Collective all_reduce tensors: …" at every new shape
     if rank == 0:
         _show_progress_lines()
+    devices = visible_gpus(f"{config.run_name} worker {rank}") if config.use_gpu \
+        else [device.name for device in tf.config.list_physical_devices("CPU")]
     tf.random.set_seed(config.seed * 1000 + rank)  # per-worker frame sampling; weights use stateless seeds
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
     with strategy.scope():
@@ -259,6 +262,8 @@ def train_loop_per_worker(config: dict) -> None:
     resumed_from = step
     logger = tracking.RunLogger.attach(config.mlflow_run_id, config.tracking_uri) \
         if rank == 0 and config.mlflow_run_id else None
+    if logger is not None:  # what rank 0 trains on: the MLflow run says whether a GPU was used
+        logger.set_tags({"devices": ",".join(name.replace("/physical_device:", "") for name in devices)})
     if rank == 0:
         log.info("%s %s at step %d of %d on %d worker(s), global batch %d",
                  "resuming" if step else "starting", config.model.name, step, config.max_steps,

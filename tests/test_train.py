@@ -142,6 +142,7 @@ def test_mlflow_holds_params_metrics_sizes_and_checkpoint_locations(trained):
     assert run.data.params["cluster_size"] == "4" and run.data.params["num_workers"] == "2"
     assert run.data.params["learning_rate"] == "0.01" and run.data.params["batch_size"] == "8"
     assert run.data.tags["test"] == "test_train"
+    assert run.data.tags["devices"] == "CPU:0"  # what rank 0 trained on (a GPU's name on GPU nodes)
     for key in ("loss", "gap", "examples_per_sec", "fp32_mib", "fp16_mib"):
         assert key in run.data.metrics, key
     locations = tracking.checkpoint_locations(trained.mlflow_run_id, trained.config.tracking_uri)
