@@ -16,6 +16,8 @@ Recipes:
         # 1080Ti/T4/L4: 2-3 days a model (the paper: 200k steps on one 1080Ti); expect the
         # zoo's best single-checkpoint GAP around 0.86-0.87 on validate (paper, Table 1)
     # `make sweep`: 4 models × 120 steps on data/synth, 2 CPU cores: ~5 min
+    # where each model stands (checkpoint step, done, GAP), while it runs or after it stopped
+    python jobs/sweep.py --out runs/sweep --status
     # after the driver died: finish only the unfinished trials
     python jobs/sweep.py --out runs/sweep --resume
 
@@ -66,6 +68,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     run.add_argument("--max-failures", type=int, default=2, help="retries of a failed trial (default: %(default)s)")
     run.add_argument("--resume", action="store_true",
                      help="finish the sweep in --out: run only the trials that have no trial.json yet")
+    run.add_argument("--status", action="store_true",
+                     help="print where each model of the sweep in --out stands (running or not) and exit")
     run.add_argument("--dry-run", action="store_true", help="print the placement plan and exit")
     run.add_argument("--gpus", default="", help="plan for these GPU types instead of the cluster's "
                                                 "(e.g. 1080Ti=2,1060,T4,L4); with --dry-run")
@@ -87,6 +91,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from raytrain8m.zoo import build_zoo
 
     try:
+        if args.status:
+            print(sweep.status_table(sweep.sweep_status(args.out)))
+            return 0
         if args.resume:
             result = sweep.resume_sweep(args.out)
             validate = json.loads((result.out / sweep.SWEEP_JSON).read_text()).get("validate_data")

@@ -296,6 +296,56 @@ def resume_sweep(out: str | os.PathLike) -> SweepResult:
                    time.monotonic() - started, finished)
 
 
+@dataclasses.dataclass(frozen=True)
+class TrialStatus:
+    model: str
+    gpu_type: str
+    batch_size: int
+    step: int             # of its latest checkpoint (0: none yet)
+    max_steps: int
+    done: bool            # its trial.json is written
+    gap: float | None     # the GAP it reported when done (its last evaluation)
+
+
+def sweep_status(out: str | os.PathLike) -> list[TrialStatus]:
+    """Where each model of the sweep in `out` stands, from its files only (running or not)."""
+    from raytrain8m.checkpoint import list_checkpoints, read_state
+
+    out = Path(out).expanduser().absolute()
+    record = out / SWEEP_JSON
+    if not record.is_file():
+        raise ConfigError(f"{out}: no sweep here (no {SWEEP_JSON})")
+    saved = json.loads(record.read_text())
+    max_steps = int(saved.get("train", {}).get("max_steps", TrainConfig().max_steps))
+    statuses = []
+    for placement in map(Placement.from_dict, saved["placements"]):
+        run_dir = Path(saved["sweep"]["train_out"]) / placement.model
+        finished = _finished_trial(run_dir)
+        checkpoints = list_checkpoints(run_dir) if run_dir.is_dir() else []
+        gap = finished.metrics.get("gap") if finished else None
+        statuses.append(TrialStatus(placement.model, placement.gpu_type, placement.batch_size,
+                                    read_state(checkpoints[-1])["step"] if checkpoints else 0, max_steps,
+                                    finished is not None, gap))
+    return statuses
+
+
+def status_table(statuses: Sequence[TrialStatus]) -> str:
+    """`jobs/sweep.py --status`: a row per model, then the totals."""
+    header = f"{'model':<12}{'GPU type':>10}{'batch':>7}{'checkpoint step':>18}   {'state':<12}{'GAP':>8}"
+    rows = [header, "-" * len(header)]
+    for status in statuses:
+        state = "done" if status.done else ("started" if status.step else "not started")
+        gap = f"{status.gap:.4f}" if status.gap is not None else "-"
+        rows.append(f"{status.model:<12}{status.gpu_type:>10}{status.batch_size:>7}"
+                    f"{f'{status.step}/{status.max_steps}':>18}   {state:<12}{gap:>8}")
+    done = sum(status.done for status in statuses)
+    steps = sum(min(status.step, status.max_steps) for status in statuses)
+    total = sum(status.max_steps for status in statuses)
+    rows.append(f"{done}/{len(statuses)} trials done; {steps}/{total} checkpointed steps "
+                f"({100 * steps / max(total, 1):.0f}%)")
+    return "\n".join(rows)
+
+
 def _finished_trial(run_dir: Path) -> TrialOutcome | None:
     """The outcome a complete trial recorded in its run directory, or None."""
     path = run_dir / TRIAL_JSON

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -401,7 +402,7 @@ def test_killed_worker_ends_in_a_retried_completed_trial(gpu_cluster, synthetic_
 def test_resume_finishes_only_the_missing_trials(gpu_cluster, synthetic_dir, mlflow_store, tmp_path):
     from raytrain8m import tracking
     from raytrain8m.checkpoint import list_checkpoints
-    from raytrain8m.sweep import SWEEP_JSON, TRAIN_DIR, resume_sweep, run_sweep
+    from raytrain8m.sweep import SWEEP_JSON, TRAIN_DIR, resume_sweep, run_sweep, sweep_status
     from raytrain8m.trainloop import CRASH_MARKER
 
     out = tmp_path / "sweep"
@@ -414,6 +415,8 @@ def test_resume_finishes_only_the_missing_trials(gpu_cluster, synthetic_dir, mlf
     first = run_sweep(spec, out, max_failures=0, profiles=TEST_PROFILES)
     assert {t.model: bool(t.error) for t in first.trials} == {"K4-H16": False, "K8-H16": True}
     finished = {path: path.stat().st_mtime_ns for path in list_checkpoints(out / TRAIN_DIR / "K4-H16")}
+    status = {s.model: (s.done, s.step, s.max_steps) for s in sweep_status(out)}
+    assert status == {"K4-H16": (True, 4, 4), "K8-H16": (False, 2, 4)}  # K8-H16 died after step 2's checkpoint
 
     second = resume_sweep(out)
     assert {t.model: t.error for t in second.trials} == {"K4-H16": None, "K8-H16": None}
@@ -430,3 +433,8 @@ def test_resume_finishes_only_the_missing_trials(gpu_cluster, synthetic_dir, mlf
     assert sorted(path.name for path in out.glob("tune*")) == ["tune", "tune-resume-1"]
     with pytest.raises(ConfigError, match="no sweep to resume"):
         resume_sweep(tmp_path / "elsewhere")
+    shown = subprocess.run([sys.executable, "jobs/sweep.py", "--out", str(out), "--status"], cwd=REPO,
+                           capture_output=True, text=True, timeout=120)
+    assert shown.returncode == 0, shown.stderr
+    assert "2/2 trials done; 8/8 checkpointed steps (100%)" in shown.stdout
+    assert all(re.search(rf"{model} .* 4/4 +done +0\.\d{{4}}", shown.stdout) for model in ("K4-H16", "K8-H16"))
