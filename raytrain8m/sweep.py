@@ -220,13 +220,6 @@ def default_concurrency(placements: Sequence[Placement], workers_per_trial: int,
     return max(1, min(len(placements), trials))
 
 
-def _absolute_paths(train: TrainConfig) -> TrainConfig:
-    """Local data paths made absolute: trial drivers and workers may run elsewhere."""
-    def absolute(path: str) -> str:
-        return path if "://" in path or not path else str(Path(path).expanduser().absolute())
-    return train.replace(train_data=absolute(train.train_data), validate_data=absolute(train.validate_data))
-
-
 def run_sweep(spec: SweepSpec, out: str | os.PathLike, max_concurrent: int | None = None,
               max_failures: int = 2, placements: Sequence[Placement] | None = None,
               name: str = "", profiles: Mapping[str, GpuProfile] = GPU_PROFILES) -> SweepResult:
@@ -240,7 +233,7 @@ def run_sweep(spec: SweepSpec, out: str | os.PathLike, max_concurrent: int | Non
         raise ConfigError(f"{out} already holds a sweep; resume it (--resume) or choose another --out")
     placements = list(placements) if placements is not None else plan_sweep(spec, profiles=profiles)
     log.info("sweep plan:\n%s", plan_table(placements))
-    train = _absolute_paths(spec.train.resolved())
+    train = spec.train.resolved()  # absolute data paths: trials and workers run elsewhere
     uri = train.tracking_uri
     name = name or out.name
     parent = tracking.start_run(f"sweep {name}", train.experiment,

@@ -92,8 +92,8 @@ class TrainConfig:
         """Defaults that depend on the environment made explicit; absolute paths for the workers."""
         data = settings.data_dir()
         return self.replace(
-            train_data=self.train_data or str(data / "train*.tfrecord"),
-            validate_data=self.validate_data or str(data / "validate*.tfrecord"),
+            train_data=_absolute(self.train_data or str(data / "train*.tfrecord")),
+            validate_data=_absolute(self.validate_data or str(data / "validate*.tfrecord")),
             experiment=self.experiment or settings.experiment_name(),
             run_name=self.run_name or self.model.name,
             out=str(Path(self.out).expanduser().absolute()) if self.out else str(settings.runs_dir() / "train"),
@@ -117,6 +117,11 @@ class TrainConfig:
                 "num_workers": self.num_workers, "use_gpu": self.use_gpu, "seed": self.seed,
                 "max_frames": self.max_frames, "train_data": self.train_data,
                 "validate_data": self.validate_data}
+
+
+def _absolute(path: str) -> str:
+    """A local path or glob made absolute (workers run in other directories); URIs as they are."""
+    return path if "://" in path else str(Path(path).expanduser().absolute())
 
 
 @dataclasses.dataclass

@@ -98,8 +98,14 @@ def trained(netvlad_data, tmp_path_factory, ray_session):
     from raytrain8m.train import fit
 
     out = tmp_path_factory.mktemp("train")
-    config = _config(netvlad_data, out, crash_at_step=CRASH_AT)
-    return fit(config, resources_per_worker=CPU_HALF, tags={"test": "test_train"})
+    # Data given relative to the driver's directory, as a user types it; workers run elsewhere.
+    config = _config(Path(netvlad_data.name), out, crash_at_step=CRASH_AT)
+    here = os.getcwd()
+    os.chdir(netvlad_data.parent)
+    try:
+        return fit(config, resources_per_worker=CPU_HALF, tags={"test": "test_train"})
+    finally:
+        os.chdir(here)
 
 
 @pytest.mark.slow
