@@ -34,7 +34,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         zoo = load_zoo(args.zoo)
         for pin in args.pin:
             letter, _, name = pin.partition("=")
-            if len(letter) != 1 or not letter.isupper() or not name:
+            if len(letter) != 1 or not name:
                 raise ConfigError(f"--pin {pin!r}: write LETTER=MODEL, e.g. Y=K24-H1440")
             zoo.pin(letter, name)
         if args.pin:

@@ -25,7 +25,7 @@ from raytrain8m.models import ModelConfig, size_mib
 log = logging.getLogger(__name__)
 
 DEFAULT_BUDGET_MIB = 1024.0
-_LETTERS = re.compile(r"^[A-Z]+$")
+_LETTERS = re.compile(r"^[A-Za-z]+$")
 
 
 @dataclasses.dataclass
@@ -280,7 +280,7 @@ def make_ensemble(members_spec: str | None, out: str | os.PathLike | None, weigh
 
         result.out = str(export_ensemble(members, weights, out, validate_gap=validate_gap))
     if track:
-        from raytrain8m.average import log_run
+        from raytrain8m.tracking import log_run
 
         label = "".join(m.letter or "" for m in members) or ",".join(m.name for m in members)
         metrics = {"size_mib": size, **({"validate_gap": validate_gap} if validate_gap is not None else {})}

@@ -18,7 +18,7 @@ from raytrain8m.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-LETTERS = string.ascii_uppercase
+LETTERS = string.ascii_uppercase + string.ascii_lowercase  # a–z only past 26 models
 
 
 @dataclasses.dataclass
@@ -84,7 +84,7 @@ def assign_letters(entries: list[ZooEntry]) -> list[ZooEntry]:
             try:
                 entry.letter = next(free)
             except StopIteration:
-                raise ConfigError("more than 26 models in the zoo; letters ran out") from None
+                raise ConfigError(f"more than {len(LETTERS)} models in the zoo; letters ran out") from None
     return entries
 
 
@@ -112,25 +112,32 @@ class Zoo:
         return [self.entry(letter) for letter in letters]
 
     def pin(self, letter: str, name: str) -> None:
-        """Give model `name` the letter `letter` for good (later rebuilds keep it)."""
+        """Give model `name` the letter `letter` for good (later rebuilds keep it). No other
+        model's letter changes, except the one holding `letter`: it takes `name`'s old letter."""
+        if letter not in LETTERS:
+            raise ConfigError(f"zoo letters are A–Z (then a–z), got {letter!r}")
         if any(entry.letter == letter and entry.name != name for entry in self.models if entry.pinned):
             raise ConfigError(f"letter {letter} is already pinned to another model")
         matches = [entry for entry in self.models if entry.name == name]
         if not matches:
             raise ConfigError(f"no model {name} in the zoo")
+        for holder in self.models:
+            if holder.letter == letter and holder is not matches[0]:
+                holder.letter = matches[0].letter  # a swap
         matches[0].letter, matches[0].pinned = letter, True
-        self.models = assign_letters(self.models)
 
     def to_dict(self) -> dict[str, Any]:
         return {"models": [entry.to_dict() for entry in self.models],
                 "eliminated": [entry.to_dict() for entry in self.eliminated]}
 
     def save(self, path: str | os.PathLike) -> Path:
+        """`path` (zoo.json) and, beside it, the table as text (zoo.txt), each written atomically."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        staging = path.with_name(f".{path.name}.tmp")
-        staging.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-        staging.replace(path)
+        for target, text in ((path, json.dumps(self.to_dict(), indent=2)), (path.with_suffix(".txt"), self.table())):
+            staging = target.with_name(f".{target.name}.tmp")
+            staging.write_text(text + "\n")
+            staging.replace(target)
         self.path = path
         return path
 
@@ -253,7 +260,6 @@ def build_zoo(run_dirs: Iterable[str | os.PathLike], validate_data: str, out: st
     previous = load_zoo(out / "zoo.json") if (out / "zoo.json").is_file() else None
     zoo = Zoo.build(carry_pins(entries, previous))
     zoo.save(out / "zoo.json")
-    (out / "zoo.txt").write_text(zoo.table() + "\n")
     plot_pareto(zoo, out / "pareto.png", title=f"model zoo ({len(zoo.models)} kept, "
                                                f"{len(zoo.eliminated)} eliminated)")
     if parent_run_id:

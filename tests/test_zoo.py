@@ -32,6 +32,17 @@ def test_letters_follow_decreasing_size():
     assert zoo.members("AD")[1].name == "K16-H256"
 
 
+def test_a_zoo_of_the_papers_28_models_gets_letters_past_z():
+    # sizes and GAPs that rise together: none is inferior, all 28 stay
+    entries = [entry(f"K{k}-H{h}", 10.0 * (k + h), 0.8 + 0.001 * (k + h))
+               for k, h in zip(range(4, 32), range(100, 128))]
+    zoo = Zoo.build(entries)
+    assert "".join(e.letter for e in zoo.models) == "ABCDEFGHIJKLMNOPQRSTUVWXYZab"
+    assert zoo.members("Zab")[2].name == "K4-H100"  # the smallest comes last, as in Table 1
+    with pytest.raises(ConfigError, match="zoo letters are A–Z"):
+        zoo.pin("7", "K4-H100")
+
+
 def test_pinned_letters_stay_pinned_across_rebuilds(tmp_path):
     zoo = Zoo.build(paper_like())
     zoo.pin("Y", "K24-H1440")
@@ -72,6 +83,13 @@ def test_zoo_job_pins_a_letter_and_prints_json(tmp_path):
     assert pinned.returncode == 0, pinned.stderr
     assert "K24-H1440 (Y)" in pinned.stdout
     assert {e.name: e.letter for e in load_zoo(path).models if e.pinned} == {"K24-H1440": "Y"}
+    # the others keep the letters the user has seen; zoo.txt shows the new letters too
+    assert [e.letter for e in load_zoo(path).models] == ["Y", "B", "C", "D"]
+    assert "K24-H1440 (Y)" in (tmp_path / "zoo.txt").read_text()
+    swapped = subprocess.run(job + ["--pin", "B=K16-H256"], capture_output=True, text=True, timeout=60)
+    assert swapped.returncode == 0, swapped.stderr
+    assert {e.name: e.letter for e in load_zoo(path).models} == {  # K16-H256's D went to B's model
+        "K24-H1440": "Y", "K16-H1024": "D", "K16-H800": "C", "K16-H256": "B"}
     shown = subprocess.run(job + ["--json"], capture_output=True, text=True, timeout=60)
     assert json.loads(shown.stdout)["models"][0]["letter"] == "Y"
     wrong = subprocess.run(job + ["--pin", "Z=K9-H9"], capture_output=True, text=True, timeout=60)
