@@ -3,7 +3,7 @@
 Recipes (CPU is enough; seconds per checkpoint of a K16-H256 on the synthetic data):
 
     # explicit list, or every checkpoint of a run within a step range
-    python jobs/average.py runs/train/K16-H256/ckpt-00020000 runs/train/K16-H256/ckpt-00025000 --out runs/avg/K16-H256
+    python jobs/average.py runs/train/K16-H256/checkpoint_00020000 runs/train/K16-H256/checkpoint_00025000 --out runs/avg/K16-H256
     python jobs/average.py runs/train/K16-H256 --start-step 20000 --end-step 40000 --out runs/avg/K16-H256
     # the paper's search: singles at intervals on validate, then ranges around the best; keeps the best
     python jobs/average.py runs/train/K16-H256 --auto --validate-data 'data/synth/validate*.tfrecord' --out runs/avg/K16-H256

@@ -5,6 +5,8 @@ Recipe (CPU is fine; about 1 min per 10k videos for K16-H256 on 8 cores):
     python jobs/evaluate.py --checkpoint runs/train/K16-H256/checkpoint_00200000 \\
         --data 'gs://BUCKET/yt8m/frame/validate*.tfrecord'
     # → {"gap": 0.85…, "hit_at_one": …, "perr": …, "map": …, "examples": …, "step": 200000, …}
+
+The metrics also go to MLflow as a run `evaluate K16-H256@200000` (stage tag `evaluate`).
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--data", required=True, help="glob or URI of labelled .tfrecord files")
     parser.add_argument("--batch-size", type=int, default=256, help="videos a batch (default: %(default)s)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--no-track", action="store_true", help="do not log the metrics to MLflow")
     return parser.parse_args(argv)
 
 
@@ -32,7 +35,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         from raytrain8m.evaluate import evaluate_checkpoint
         metrics = evaluate_checkpoint(args.checkpoint, args.data, batch_size=args.batch_size,
-                                      progress=not args.no_progress)
+                                      progress=not args.no_progress, track=not args.no_track)
     except Raytrain8mError as error:
         return fail(error)
     print(json.dumps(metrics, sort_keys=True))

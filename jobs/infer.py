@@ -32,6 +32,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, help="inference actors (default: one per GPU with --use-gpu, "
                                                     "else one per 2 CPUs)")
     parser.add_argument("--use-gpu", action="store_true", help="one GPU per actor")
+    parser.add_argument("--no-track", action="store_true", help="do not log the run to MLflow")
     parser.add_argument("--source", choices=("saved_model", "meta_graph"), default="saved_model",
                         help="which form of the export the actors load (default: %(default)s)")
     return parser.parse_args(argv)
@@ -44,7 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         summary = infer(args.model, args.data, args.out, batch_size=args.batch_size, workers=args.workers,
-                        use_gpu=args.use_gpu, source=args.source)
+                        use_gpu=args.use_gpu, source=args.source, track=not args.no_track)
     except Raytrain8mError as error:
         return fail(error)
     print(json.dumps(summary.to_dict()))

@@ -139,6 +139,7 @@ def auto_average(sources: Sequence[str | os.PathLike], validate_data: str | Sequ
                  batch_size: int = 256, max_batches: int | None = None, track: bool = True,
                  progress: bool = True) -> AverageSummary:
     """Evaluate every `interval`-th checkpoint, then ranges around the best; keep the best average."""
+    from raytrain8m import tracking
     from raytrain8m.evaluate import evaluate, model_from_tensors, predictor
 
     checkpoints = resolve_checkpoints(sources)
@@ -180,31 +181,9 @@ def auto_average(sources: Sequence[str | os.PathLike], validate_data: str | Sequ
     if track:
         series = {"single_gap": [(row["step"], row["gap"]) for row in singles],
                   "average_gap": [(row["end_step"], row["gap"]) for row in candidates]}
-        log_run(f"average {config.name}", {"sources": ",".join(map(str, sources)), "interval": interval,
+        tracking.log_run(f"average {config.name}", {"sources": ",".join(map(str, sources)), "interval": interval,
                                            "out": str(path), "model": config.name},
                 {"best_single_gap": best["gap"], "averaged_gap": chosen["gap"],
                  "averaged_start_step": chosen["start_step"], "averaged_end_step": chosen["end_step"]},
                 series, tags={"stage": "average"})
     return summary
-
-
-def log_run(run_name: str, params: dict[str, Any], metrics: dict[str, float],
-            series: dict[str, list[tuple[int, float]]] | None = None,
-            tags: dict[str, str] | None = None) -> str | None:
-    """One MLflow run holding a stage's evaluations; tracking failures are warned about, not raised."""
-    from mlflow.exceptions import MlflowException
-
-    from raytrain8m import tracking
-
-    try:
-        run = tracking.start_run(run_name, tags=tags)
-    except (MlflowException, OSError) as error:
-        log.warning("MLflow: could not start run %r (%s); results are still returned", run_name, error)
-        return None
-    run.log_params(params)
-    run.log_metrics(metrics)
-    for key, points in (series or {}).items():
-        for step, value in points:
-            run.log_metrics({key: value}, step=step)
-    run.end()
-    return run.run_id

@@ -57,8 +57,15 @@ def evaluate(predict: Predictor, data: str | Sequence[str], num_classes: int, ba
 
 
 def evaluate_checkpoint(path: str | os.PathLike, data: str | Sequence[str], batch_size: int = 256,
-                        progress: bool = True) -> dict:
+                        progress: bool = True, track: bool = False) -> dict:
+    """A checkpoint's metrics on `data`; `track` logs them as an MLflow run (stage `evaluate`)."""
     predict, checkpoint = load_predictor(path)
     metrics = evaluate(predict, data, checkpoint.config.num_classes, batch_size, progress=progress,
                        desc=f"evaluate {checkpoint.config.name}@{checkpoint.step}")
-    return {"checkpoint": str(path), "model": checkpoint.config.name, "step": checkpoint.step, **metrics}
+    result = {"checkpoint": str(path), "model": checkpoint.config.name, "step": checkpoint.step, **metrics}
+    if track:
+        from raytrain8m import tracking
+        tracking.log_run(f"evaluate {checkpoint.config.name}@{checkpoint.step}",
+                         {"checkpoint": str(path), "data": str(data), "model": checkpoint.config.name,
+                          "step": checkpoint.step}, metrics, tags={"stage": "evaluate"})
+    return result

@@ -197,8 +197,9 @@ def _fingerprint(model_dir: Path, source: str) -> str:
 
 def infer(model_dir: str | os.PathLike, data: str | Sequence[str], out: str | os.PathLike,
           batch_size: int = 256, workers: int | None = None, use_gpu: bool = False,
-          source: str = "saved_model", progress: bool = True) -> InferSummary:
-    """Predict every video of `data` with the export at `model_dir`; write the Kaggle CSV `out`."""
+          source: str = "saved_model", progress: bool = True, track: bool = False) -> InferSummary:
+    """Predict every video of `data` with the export at `model_dir`; write the Kaggle CSV `out`.
+    `track` logs the run to MLflow (stage `infer`: the model, data and CSV; files, videos, seconds)."""
     import ray
     from tqdm import tqdm
 
@@ -265,5 +266,12 @@ def infer(model_dir: str | os.PathLike, data: str | Sequence[str], out: str | os
         os.replace(staging, out)
     finally:
         staging.unlink(missing_ok=True)
-    return InferSummary(str(out), len(files), len(files) - len(pending), len(pending), videos,
-                        round(time.monotonic() - started, 2), pool)
+    summary = InferSummary(str(out), len(files), len(files) - len(pending), len(pending), videos,
+                           round(time.monotonic() - started, 2), pool)
+    if track:
+        from raytrain8m import tracking
+        tracking.log_run(f"infer {model_dir.name}", {"model": str(model_dir), "data": str(data), "out": str(out),
+                                                     "source": source, "use_gpu": use_gpu},
+                         {"files": summary.files, "files_done_before": summary.skipped, "videos": videos,
+                          "seconds": summary.seconds, "actors": pool}, tags={"stage": "infer"})
+    return summary

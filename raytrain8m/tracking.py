@@ -111,6 +111,25 @@ def start_run(run_name: str, experiment: str | None = None, parent_run_id: str |
     return RunLogger(run.info.run_id, uri)
 
 
+def log_run(run_name: str, params: Mapping[str, Any], metrics: Mapping[str, Any],
+            series: Mapping[str, list[tuple[int, float]]] | None = None,
+            tags: Mapping[str, str] | None = None) -> str | None:
+    """One finished run for a stage (evaluate, average, ensemble, infer): its params, metrics and
+    metric series. Tracking failures are warned about, never raised: the stage's result stands."""
+    try:
+        run = start_run(run_name, tags=tags)
+    except (MlflowException, OSError) as error:
+        log.warning("MLflow: could not start run %r (%s); results are still returned", run_name, error)
+        return None
+    run.log_params(params)
+    run.log_metrics(metrics)
+    for key, points in (series or {}).items():
+        for step, value in points:
+            run.log_metrics({key: value}, step=step)
+    run.end()
+    return run.run_id
+
+
 def find_runs(experiment: str | None = None, filter_string: str = "", uri: str | None = None,
               max_results: int = 1000) -> list[Run]:
     """Runs of an experiment matching an MLflow filter (e.g. `params.cluster_size = '16'`), newest first."""

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from _ensemble_helpers import load_job, random_checkpoint, tiny_config
+from raytrain8m import tracking
 from raytrain8m.data.schema import DataError
 from raytrain8m.ensemble import member_from_checkpoint
 from raytrain8m.export import export_ensemble
@@ -34,7 +35,7 @@ def test_rows_hold_the_20_most_confident_pairs_most_confident_first_with_6_decim
 
 @pytest.mark.slow
 def test_inference_writes_the_csv_and_a_restart_redoes_only_unfinished_files(
-        exported, synthetic_dir, tmp_path, ray_session):
+        exported, synthetic_dir, tmp_path, ray_session, monkeypatch):
     out = tmp_path / "submission.csv"
     data = str(synthetic_dir / "test*.tfrecord")
     first = infer(exported, data, out, batch_size=4, progress=False)
@@ -48,9 +49,15 @@ def test_inference_writes_the_csv_and_a_restart_redoes_only_unfinished_files(
     assert len(parts) == first.files
     out.unlink()
     parts[0].unlink()  # as if the run had stopped before this file finished
-    second = infer(exported, data, out, batch_size=4, progress=False)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    second = infer(exported, data, out, batch_size=4, progress=False, track=True)
     assert second.skipped == first.files - 1 and second.processed == 1
     assert out.read_text() == text
+    (run,) = tracking.find_runs(filter_string="tags.stage = 'infer'", uri=uri)
+    assert run.data.params["out"] == str(out) and run.data.params["model"] == str(exported)
+    assert run.data.metrics["files_done_before"] == first.files - 1
+    assert run.data.metrics["videos"] == second.videos > 0
 
 
 def _write_video_without_id(path):
