@@ -2,8 +2,11 @@
 whole Ray Train run on tiny synthetic data. The last line printed is one JSON object.
 
     python bench/bench_train.py --model K16-H256 --classes 3862 --batch-size 80   # 1 worker, the step
-    python bench/bench_train.py --grid paper --gpu-type T4                        # a grid: GPU-hours
+        # 2 CPU cores: ~1 min (13 steps of ~0.4-0.8 s, after building the model)
+    python bench/bench_train.py --grid paper --classes 3862 --gpu-type T4         # a grid: GPU-hours
+        # run it on a node of the GPU type it names (28 models × 13 steps; not timed here: no GPU)
     python bench/bench_train.py --ray-workers 2                                   # tiny 2-worker run
+        # 2 CPU cores: ~1 min, most of it Ray's start-up
 
 Step mode builds the model and optimizer under a one-worker MultiWorkerMirroredStrategy, as
 each Ray worker does, and feeds random frames padded to --max-frames (no data reading).

@@ -238,8 +238,8 @@ def build_zoo(run_dirs: Iterable[str | os.PathLike], validate_data: str, out: st
             raise ConfigError(f"{run_dir}: no checkpoints to put in the zoo")
         config = read_config(checkpoints[-1])
         entry = ZooEntry(name=config.name, cluster_size=config.cluster_size, hidden_size=config.hidden_size,
-                         num_classes=config.num_classes, fp32_mib=round(size_mib(config, fp16=False), 2),
-                         fp16_mib=round(size_mib(config, fp16=True), 2), best_single_gap=0.0,
+                         num_classes=config.num_classes, fp32_mib=size_mib(config, fp16=False),
+                         fp16_mib=size_mib(config, fp16=True), best_single_gap=0.0,
                          best_single_checkpoint="", checkpoints=[str(path) for path in checkpoints],
                          run_dir=str(run_dir), mlflow_run_id=_run_id(run_dir))
         if average and len(checkpoints) >= 2:
