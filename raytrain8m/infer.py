@@ -235,6 +235,7 @@ def infer(model_dir: str | os.PathLike, data: str | Sequence[str], out: str | os
         pool = max(1, min(workers or available, len(pending)))
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False
+        context.print_on_execution_start = False
         model_ref = [ray.put(_pack(model_dir, source))]
         dataset = ray.data.from_items([{"path": path} for path in pending], override_num_blocks=len(pending))
         results = dataset.map_batches(

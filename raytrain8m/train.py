@@ -207,6 +207,7 @@ def _trainer(config: TrainConfig, resources_per_worker: Mapping[str, float] | No
     _check_cpus_left_for_data(config, resources, ray.cluster_resources().get("CPU", 0))
     dataset = read_dataset(config.train_data, num_classes=config.model.num_classes, max_frames=config.max_frames)
     dataset.context.enable_progress_bars = False  # rank 0's progress line is the one to read
+    dataset.context.print_on_execution_start = False  # else two lines at every epoch
     return TensorflowTrainer(
         train_loop_per_worker,
         train_loop_config=config.to_dict(),

@@ -185,6 +185,16 @@ def _show_progress_lines() -> None:
     log.propagate = False
 
 
+def _quiet_ray_train_reports() -> None:
+    """Ray Train V2 logs every report at INFO from each worker, under a logger named by its
+    file path that LoggingConfig does not reach; rank 0's progress line says the same."""
+    try:
+        from ray.train.v2._internal.execution import context
+    except ImportError:  # another Ray version: its lines stay
+        return
+    logging.getLogger(context.__file__).setLevel(logging.WARNING)
+
+
 def _wait_until_registered(config: TrainConfig, step: int, timeout_s: float = 120) -> None:
     """Testing: Ray Train V2 drops a checkpoint the controller has not polled yet when a worker
     dies; a real crash comes long after the last checkpoint, so wait until it is registered."""
@@ -241,6 +251,7 @@ def train_loop_per_worker(config: dict) -> None:
     context = ray.train.get_context()
     rank = context.get_world_rank()
     tf.get_logger().setLevel(logging.ERROR)  # else "Collective all_reduce tensors: …" at every new shape
+    _quiet_ray_train_reports()
     if rank == 0:
         _show_progress_lines()
     devices = visible_gpus(f"{config.run_name} worker {rank}") if config.use_gpu \
