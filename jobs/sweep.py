@@ -87,16 +87,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from raytrain8m import placement, sweep
+    from raytrain8m import placement, sweep, sweep_records
     from raytrain8m.zoo import build_zoo
 
     try:
         if args.status:
-            print(sweep.status_table(sweep.sweep_status(args.out)))
+            print(sweep_records.status_table(sweep_records.sweep_status(args.out)))
             return 0
         if args.resume:
             result = sweep.resume_sweep(args.out)
-            validate = json.loads((result.out / sweep.SWEEP_JSON).read_text()).get("validate_data")
+            validate = sweep_records.read_sweep(result.out).get("validate_data")
         else:
             spec = sweep.sweep_spec(
                 args.grid, args.cluster_sizes, args.hidden_sizes, args.classes, args.workers_per_trial,

@@ -7,17 +7,16 @@ the GPU type the plan chose. A failed trial is retried by Tune (`FailureConfig`)
 `fit` resumes from the run's latest checkpoint (same run directory). MLflow: one parent run
 for the sweep, and `fit`'s run per trial as its child.
 
-Resuming after the driver died reads only the sweep's own records, not Tune's experiment
-state: `sweep.json` (the plan and the training settings, written before any trial starts)
-and each finished trial's `train/<model>/trial.json` (written when its run is complete).
-A fresh Tuner runs the models without one, and each `fit` goes on from its latest
+Resuming after the driver died reads only the sweep's own records (`sweep_records`), not
+Tune's experiment state: `sweep.json` (the plan and the training settings, written before
+any trial starts) and each finished trial's `train/<model>/trial.json` (written when its
+run is complete). A fresh Tuner runs the models without one, and each `fit` goes on from its latest
 checkpoint. Tune copies its state files one after the other, so a driver killed between two
 copies can leave a pair that `Tuner.restore` cannot use; the sweep never depends on them.
 """
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import time
@@ -30,14 +29,13 @@ from raytrain8m.gpus import GPU_PROFILES, GpuProfile
 from raytrain8m.models import ModelConfig
 from raytrain8m.placement import (BATCH_SIZES, CPU, Placement, cluster_has_gpus, gpu_inventory, parse_grid, plan,
                                   plan_table, worker_gpu_types)
+from raytrain8m.sweep_records import (SWEEP_JSON, TRAIN_DIR, TRIAL_JSON, TrialOutcome, finished_trial, read_sweep,
+                                      write_json)
 from raytrain8m.train import TrainConfig
 
 log = logging.getLogger(__name__)
 
-SWEEP_JSON = "sweep.json"  # the plan and the parent run, written before any trial starts
-TUNE_DIR = "tune"          # Tune's experiment; a resumed sweep's are tune-resume-1, -2, …
-TRAIN_DIR = "train"        # one Ray Train run directory per model: <out>/train/K32-H1024/
-TRIAL_JSON = "trial.json"  # in a model's run directory once its trial is complete: what it reported
+TUNE_DIR = "tune"  # Tune's experiment; a resumed sweep's are tune-resume-1, -2, …
 # A trial's driver only waits on its Train run; a token of memory keeps it off the CPUs workers need.
 DRIVER_RESOURCES = {"CPU": 0, "memory": 64 * 2**20}
 _SPEC_KEYS = {"grid", "cluster_sizes", "hidden_sizes", "classes", "workers_per_trial", "batch_sizes", "train"}
@@ -114,18 +112,6 @@ def plan_sweep(spec: SweepSpec, inventory: Mapping[str, int] | None = None,
 
 
 @dataclasses.dataclass
-class TrialOutcome:
-    model: str
-    status: str               # TERMINATED (done) or ERROR
-    gpu_type: str
-    batch_size: int
-    metrics: dict[str, Any]
-    run_dir: str
-    mlflow_run_id: str | None
-    error: str | None = None
-
-
-@dataclasses.dataclass
 class SweepResult:
     out: Path
     parent_run_id: str | None
@@ -177,15 +163,8 @@ def run_trial(config: dict[str, Any]) -> None:
                         if key not in ("step", "batch_size")}, step=result.metrics.get("step"))
     report = {**{k: v for k, v in result.metrics.items() if isinstance(v, (int, float, str))}, **extra,
               "run_dir": str(result.run_dir), "mlflow_run_id": result.mlflow_run_id}
-    _write_json(Path(result.run_dir) / TRIAL_JSON, report)  # the trial is done, whatever Tune saves
+    write_json(Path(result.run_dir) / TRIAL_JSON, report)  # the trial is done, whatever Tune saves
     tune.report(report)
-
-
-def _write_json(path: Path, payload: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = path.with_name(f".{path.name}.tmp")
-    staging.write_text(json.dumps(payload, indent=2) + "\n")
-    staging.replace(path)
 
 
 def _tuner(train: TrainConfig, placements: Sequence[Placement], out: Path, sweep: dict[str, Any],
@@ -246,9 +225,9 @@ def run_sweep(spec: SweepSpec, out: str | os.PathLike, max_concurrent: int | Non
              "train_out": str(out / TRAIN_DIR), "workers_per_trial": spec.workers_per_trial,
              "use_gpu": {p.model: p.gpu_type != CPU and cluster_has_gpus(p.gpu_type) for p in placements}}
     max_concurrent = max_concurrent or default_concurrency(placements, spec.workers_per_trial, profiles)
-    _write_json(out / SWEEP_JSON, {"sweep": sweep, "placements": [p.to_dict() for p in placements],
-                                   "train": train.to_dict(), "validate_data": train.validate_data,
-                                   "max_concurrent": max_concurrent, "max_failures": max_failures})
+    write_json(out / SWEEP_JSON, {"sweep": sweep, "placements": [p.to_dict() for p in placements],
+                                  "train": train.to_dict(), "validate_data": train.validate_data,
+                                  "max_concurrent": max_concurrent, "max_failures": max_failures})
     started = time.monotonic()
     results = _tuner(train, placements, out, sweep, max_concurrent, max_failures).fit()
     return _finish(results, out, placements, parent.run_id, uri, time.monotonic() - started)
@@ -259,17 +238,14 @@ def resume_sweep(out: str | os.PathLike) -> SweepResult:
     others (unstarted, interrupted or failed) run in a fresh Tuner from their checkpoints."""
     import ray
     out = Path(out).expanduser().absolute()
-    record = out / SWEEP_JSON
-    if not record.is_file():
-        raise ConfigError(f"{out}: no sweep to resume here (no {SWEEP_JSON})")
-    saved = json.loads(record.read_text())
+    saved = read_sweep(out, "no sweep to resume here")
     if "train" not in saved:
-        raise ConfigError(f"{record} has no training settings (written by an older raytrain8m); "
+        raise ConfigError(f"{out / SWEEP_JSON} has no training settings (written by an older raytrain8m); "
                           "start the sweep again in a new --out")
     placements = [Placement.from_dict(p) for p in saved["placements"]]
     sweep = saved["sweep"]
-    finished = [outcome for outcome in map(_finished_trial, [Path(sweep["train_out"]) / p.model
-                                                            for p in placements]) if outcome]
+    finished = [outcome for outcome in map(finished_trial, [Path(sweep["train_out"]) / p.model
+                                                           for p in placements]) if outcome]
     done = {outcome.model for outcome in finished}
     pending = [p for p in placements if p.model not in done]
     log.info("resuming %s: %d of %d trials finished; running %s", out, len(done), len(placements),
@@ -287,67 +263,6 @@ def resume_sweep(out: str | os.PathLike) -> SweepResult:
         results = tuner.fit()
     return _finish(results, out, placements, sweep["parent_run_id"], sweep["tracking_uri"],
                    time.monotonic() - started, finished)
-
-
-@dataclasses.dataclass(frozen=True)
-class TrialStatus:
-    model: str
-    gpu_type: str
-    batch_size: int
-    step: int             # of its latest checkpoint (0: none yet)
-    max_steps: int
-    done: bool            # its trial.json is written
-    gap: float | None     # the GAP it reported when done (its last evaluation)
-
-
-def sweep_status(out: str | os.PathLike) -> list[TrialStatus]:
-    """Where each model of the sweep in `out` stands, from its files only (running or not)."""
-    from raytrain8m.checkpoint import list_checkpoints, read_state
-
-    out = Path(out).expanduser().absolute()
-    record = out / SWEEP_JSON
-    if not record.is_file():
-        raise ConfigError(f"{out}: no sweep here (no {SWEEP_JSON})")
-    saved = json.loads(record.read_text())
-    max_steps = int(saved.get("train", {}).get("max_steps", TrainConfig().max_steps))
-    statuses = []
-    for placement in map(Placement.from_dict, saved["placements"]):
-        run_dir = Path(saved["sweep"]["train_out"]) / placement.model
-        finished = _finished_trial(run_dir)
-        checkpoints = list_checkpoints(run_dir) if run_dir.is_dir() else []
-        gap = finished.metrics.get("gap") if finished else None
-        statuses.append(TrialStatus(placement.model, placement.gpu_type, placement.batch_size,
-                                    read_state(checkpoints[-1])["step"] if checkpoints else 0, max_steps,
-                                    finished is not None, gap))
-    return statuses
-
-
-def status_table(statuses: Sequence[TrialStatus]) -> str:
-    """`jobs/sweep.py --status`: a row per model, then the totals."""
-    header = f"{'model':<12}{'GPU type':>10}{'batch':>7}{'checkpoint step':>18}   {'state':<12}{'GAP':>8}"
-    rows = [header, "-" * len(header)]
-    for status in statuses:
-        state = "done" if status.done else ("started" if status.step else "not started")
-        gap = f"{status.gap:.4f}" if status.gap is not None else "-"
-        rows.append(f"{status.model:<12}{status.gpu_type:>10}{status.batch_size:>7}"
-                    f"{f'{status.step}/{status.max_steps}':>18}   {state:<12}{gap:>8}")
-    done = sum(status.done for status in statuses)
-    steps = sum(min(status.step, status.max_steps) for status in statuses)
-    total = sum(status.max_steps for status in statuses)
-    rows.append(f"{done}/{len(statuses)} trials done; {steps}/{total} checkpointed steps "
-                f"({100 * steps / max(total, 1):.0f}%)")
-    return "\n".join(rows)
-
-
-def _finished_trial(run_dir: Path) -> TrialOutcome | None:
-    """The outcome a complete trial recorded in its run directory, or None."""
-    path = run_dir / TRIAL_JSON
-    if not path.is_file():
-        return None
-    report = json.loads(path.read_text())
-    return TrialOutcome(model=run_dir.name, status="TERMINATED", gpu_type=report["gpu_type"],
-                        batch_size=report["batch_size"], metrics=report, run_dir=report["run_dir"],
-                        mlflow_run_id=report.get("mlflow_run_id"))
 
 
 def _finish(results, out: Path, placements: Sequence[Placement], parent_run_id: str, uri: str,

@@ -203,7 +203,8 @@ def test_sweep_driver_killed_then_resumed_finishes_only_the_unfinished_trials(sy
     import mlflow
 
     from raytrain8m.checkpoint import list_checkpoints, read_state
-    from raytrain8m.sweep import SWEEP_JSON, TRAIN_DIR, TRIAL_JSON, TUNE_DIR
+    from raytrain8m.sweep import TUNE_DIR
+    from raytrain8m.sweep_records import SWEEP_JSON, TRAIN_DIR, TRIAL_JSON
     from raytrain8m.zoo import load_zoo
 
     models = ["K4-H16", "K4-H24"]
@@ -402,7 +403,8 @@ def test_killed_worker_ends_in_a_retried_completed_trial(gpu_cluster, synthetic_
 def test_resume_finishes_only_the_missing_trials(gpu_cluster, synthetic_dir, mlflow_store, tmp_path):
     from raytrain8m import tracking
     from raytrain8m.checkpoint import list_checkpoints
-    from raytrain8m.sweep import SWEEP_JSON, TRAIN_DIR, resume_sweep, run_sweep, sweep_status
+    from raytrain8m.sweep import resume_sweep, run_sweep
+    from raytrain8m.sweep_records import SWEEP_JSON, TRAIN_DIR, sweep_status
     from raytrain8m.trainloop import CRASH_MARKER
 
     out = tmp_path / "sweep"
