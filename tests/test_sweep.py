@@ -347,16 +347,30 @@ def mlflow_store(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_four_config_sweep_places_by_type_and_logs_child_runs(gpu_cluster, synthetic_dir, mlflow_store, tmp_path):
+def test_four_config_sweep_places_by_type_retries_a_killed_worker_and_logs_child_runs(
+        gpu_cluster, synthetic_dir, mlflow_store, tmp_path):
     from raytrain8m import tracking
+    from raytrain8m.checkpoint import list_checkpoints, read_state
     from raytrain8m.sweep import plan_sweep, run_sweep
+    from raytrain8m.sweep_records import TRAIN_DIR
+    from raytrain8m.trainloop import CRASH_MARKER
     from raytrain8m.zoo import build_zoo, load_zoo
 
-    spec = _spec(synthetic_dir)
+    spec = _spec(synthetic_dir, crash_at_step=3)
     placements = plan_sweep(spec, profiles=TEST_PROFILES)
     assert {p.gpu_type for p in placements} == {"T4", "1060"}
+    # Every worker SIGKILLs itself at step 3 (after the step-2 checkpoint), once per run
+    # directory; the other models' markers are already there, so only the first trial's worker
+    # dies (its retry then overlaps the others). Train gives up (max_failures=0), so the trial
+    # fails, Tune retries it, and fit resumes from step 2.
+    crashing = placements[0].model
+    out = tmp_path / "sweep"
+    for model in set(SWEEP_GRID.split(",")) - {crashing}:
+        marker = out / TRAIN_DIR / model / CRASH_MARKER.format(step=3)
+        marker.parent.mkdir(parents=True)
+        marker.touch()
     started = time.monotonic()
-    result = run_sweep(spec, tmp_path / "sweep", profiles=TEST_PROFILES)
+    result = run_sweep(spec, out, max_failures=2, placements=placements, profiles=TEST_PROFILES)
     wall = time.monotonic() - started
     print(f"4-config sweep on the simulated cluster: {wall:.0f} s")
     assert [t.error for t in result.trials] == [None] * 4
@@ -367,8 +381,12 @@ def test_four_config_sweep_places_by_type_and_logs_child_runs(gpu_cluster, synth
         assert trial.metrics["placed_ok"] == 1
         assert trial.metrics["batch_size"] == planned[trial.model].batch_size
         assert trial.metrics["step"] == 4
+        checkpoints = list_checkpoints(trial.run_dir)
+        assert [read_state(path)["step"] for path in checkpoints] == [2, 4]
+        # the retried trial went on from its step-2 checkpoint; the others ran once, from 0
+        assert read_state(checkpoints[-1])["resumed_from"] == (2 if trial.model == crashing else 0)
     children = tracking.child_runs(result.parent_run_id, uri=mlflow_store)
-    assert sorted(run.info.run_name for run in children) == sorted(SWEEP_GRID.split(","))
+    assert sorted(run.info.run_name for run in children) == sorted(SWEEP_GRID.split(","))  # one run each
     for run in children:
         assert run.data.params["gpu_type"] == planned[run.info.run_name].gpu_type
         assert run.data.params["batch_size"] == str(planned[run.info.run_name].batch_size)
@@ -381,22 +399,6 @@ def test_four_config_sweep_places_by_type_and_logs_child_runs(gpu_cluster, synth
     assert (result.out / "pareto.png").is_file()
     artifacts = {a.path for a in tracking.client(mlflow_store).list_artifacts(result.parent_run_id, "zoo")}
     assert {"zoo/zoo.json", "zoo/pareto.png", "zoo/zoo.txt"} <= artifacts
-
-
-@pytest.mark.slow
-def test_killed_worker_ends_in_a_retried_completed_trial(gpu_cluster, synthetic_dir, mlflow_store, tmp_path):
-    from raytrain8m.checkpoint import list_checkpoints, read_state
-    from raytrain8m.sweep import run_sweep
-
-    # The worker SIGKILLs itself at step 3 (after the step-2 checkpoint), once; Train gives up
-    # (max_failures=0), so the trial fails and Tune retries it, and fit resumes from step 2.
-    spec = _spec(synthetic_dir, "K4-H16", crash_at_step=3)
-    result = run_sweep(spec, tmp_path / "sweep", max_failures=2, profiles=TEST_PROFILES)
-    (trial,) = result.trials
-    assert trial.error is None and trial.metrics["step"] == 4
-    steps = [read_state(path)["step"] for path in list_checkpoints(trial.run_dir)]
-    assert steps == [2, 4]
-    assert read_state(list_checkpoints(trial.run_dir)[-1])["resumed_from"] == 2
 
 
 @pytest.mark.slow
