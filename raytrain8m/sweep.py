@@ -10,9 +10,10 @@ for the sweep, and `fit`'s run per trial as its child.
 Resuming after the driver died reads only the sweep's own records (`sweep_records`), not
 Tune's experiment state: `sweep.json` (the plan and the training settings, written before
 any trial starts) and each finished trial's `train/<model>/trial.json` (written when its
-run is complete). A fresh Tuner runs the models without one, and each `fit` goes on from its latest
-checkpoint. Tune copies its state files one after the other, so a driver killed between two
-copies can leave a pair that `Tuner.restore` cannot use; the sweep never depends on them.
+run is complete). A fresh Tuner runs the models without one, and each `fit` goes on from
+its latest checkpoint. Tune copies its state files one after the other, so a driver killed
+between two copies can leave a pair that `Tuner.restore` cannot use; the sweep never
+depends on them.
 """
 from __future__ import annotations
 
