@@ -4,7 +4,7 @@
         # 2 CPU cores, no GPU: 3-5 min after installation. Local Ray, synthetic data in the
         # official format under data/demo-default/, MLflow in runs/mlflow.db. Ends with
         # runs/demo/report.md, runs/demo/submission.csv and the zoo/ensemble tables.
-    python jobs/demo.py --scale tiny     # 2-5 min: what the test suite runs
+    python jobs/demo.py --scale tiny     # 2-3 min: what the test suite runs
     make demo DEMO_SCALE=large           # a bigger grid (tens of minutes on CPU)
 
 Stages: synthesise → sweep a K×H grid on Ray Tune/Train → zoo (score checkpoints, average
