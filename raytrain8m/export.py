@@ -1,6 +1,6 @@
 """Export an ensemble as the competition's MetaGraph and as a TF2 SavedModel, atomically.
 
-Layout of DIR (see DESIGN "MetaGraph contract"):
+Layout of DIR (docs/design.md, "MetaGraph contract"):
   inference_model/inference_model.{meta,index,data-*}  TF1 graph, collections input_batch_raw,
                                                        num_frames, predictions; loadable by the
                                                        starter's inference.py unchanged

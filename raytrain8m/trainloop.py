@@ -1,7 +1,7 @@
 """The per-worker training loop that Ray Train runs (`train_loop_per_worker(config: dict)`).
 
 MultiWorkerMirroredStrategy with a custom `tf.function` step (Keras 3's `fit` fails under
-it; DESIGN's stack facts). Every worker runs the same steps, snapshots the weights at the
+it; docs/design.md, stack facts). Every worker runs the same steps, snapshots the weights at the
 same steps (reading ON_READ batch-norm statistics is an all-reduce) and reports at the same
 steps; rank 0 alone writes checkpoints, evaluates and logs to MLflow.
 """

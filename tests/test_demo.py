@@ -51,7 +51,7 @@ def test_tiny_demo_runs_every_stage_and_writes_every_artefact(tmp_path):
         assert row["fp16_mib"] < 0.65 * row["fp32_mib"]
         assert abs(row["gap_fp16"] - row["gap_fp32"]) < 1e-3
 
-    # the ensemble: under its scaled budget, exported per DESIGN's contract
+    # the ensemble: under its scaled budget, exported per the contract in docs/design.md
     ensemble = summary["ensemble"]
     assert ensemble["size_mib"] <= summary["budget_mib"]
     assert abs(sum(ensemble["weights"]) - 1) < 1e-6

@@ -82,7 +82,7 @@ def num_parameters(config: ModelConfig) -> int:
 
 
 def size_mib(config: ModelConfig, fp16: bool | None = None) -> float:
-    """Bytes of all variables (moving statistics included) in MiB; DESIGN's size accounting."""
+    """Bytes of all variables (moving statistics included) in MiB (docs/design.md, size accounting)."""
     sized = config if fp16 is None else config.replace(fp16=fp16)
     return sum(spec.size * storage_dtype(sized, spec.name).size
                for spec in variable_specs(sized)) / 2**20
