@@ -3,8 +3,11 @@
 One input file is one unit of work: a pool of actors (each loads the exported model once,
 on a GPU where asked) turns a file into its CSV rows; the driver writes each file's rows
 to `OUT.parts/` as they arrive, so a restart redoes only unfinished files, then merges the
-parts into OUT atomically. The model travels through Ray's object store, so workers need
-no shared filesystem for it.
+parts into OUT atomically. A part is kept only for the very input it was made from and the
+very model: each part records its input file's identity (size, mtime, a hash of its head and
+tail), the parts directory the model's; a file replaced at the same path, or another model, is
+predicted again and the log says why. The model travels through Ray's object store, so
+workers need no shared filesystem for it.
 """
 from __future__ import annotations
 
@@ -152,20 +155,48 @@ class InferSummary:
         return dataclasses.asdict(self)
 
 
-def _input_files(data: str | Sequence[str]) -> list[str]:
-    """Input files as paths/URIs each reader can open again (sorted, as the glob matched them)."""
-    from raytrain8m.data.files import expand
+def _input_files(data: str | Sequence[str]) -> dict[str, dict]:
+    """{input file as a path/URI each reader can open again: its content identity}, sorted as the
+    glob matched them. The identity (size, mtime, head/tail hash) keys the file's finished part."""
+    from concurrent.futures import ThreadPoolExecutor
 
-    _, paths = expand(data)
+    from raytrain8m.data.files import expand, file_identity
+
+    filesystem, paths = expand(data)
     first = data if isinstance(data, str) else os.fspath(list(data)[0])
     match = _URI.match(first)
+    shown = paths
     if match and match.group(1).lower() != "file":
-        return [f"{match.group(1)}://{path.lstrip('/')}" for path in paths]
-    return paths
+        shown = [f"{match.group(1)}://{path.lstrip('/')}" for path in paths]
+    with ThreadPoolExecutor(max_workers=16) as pool:  # object stores: one round trip per file
+        identities = list(pool.map(lambda path: file_identity(filesystem, path), paths))
+    return dict(zip(shown, identities))
 
 
 def _part_name(path: str) -> str:
     return f"{Path(path).name}-{hashlib.sha1(path.encode()).hexdigest()[:10]}.csv"
+
+
+def _part_record(parts: Path, path: str) -> Path:
+    """The part's provenance: the input path and the identity of the file it was predicted from."""
+    return parts / (_part_name(path)[:-len(".csv")] + ".json")
+
+
+def _finished(parts: Path, path: str, identity: dict) -> bool:
+    """Is there a part of this very input file? A part of a changed file is removed, saying why."""
+    from raytrain8m.data.files import identity_changes
+
+    part, record = parts / _part_name(path), _part_record(parts, path)
+    if not part.is_file():
+        return False
+    saved = json.loads(record.read_text()).get("identity") if record.is_file() else None
+    if saved == identity:
+        return True
+    log.warning("%s changed since its predictions were made (%s); predicting it again",
+                path, identity_changes(saved, identity))
+    part.unlink()
+    record.unlink(missing_ok=True)
+    return False
 
 
 def _write_atomically(path: Path, text: str) -> None:
@@ -181,7 +212,7 @@ def _prepare_parts(parts: Path, fingerprint: str) -> None:
     """The parts directory for this model; parts made by another model are discarded."""
     manifest = parts / "manifest.json"
     if parts.exists() and (not manifest.is_file() or json.loads(manifest.read_text()).get("model") != fingerprint):
-        log.warning("%s holds parts of another model or run; starting over", parts)
+        log.warning("%s holds parts made by another model (or its files changed since); starting over", parts)
         shutil.rmtree(parts)
     parts.mkdir(parents=True, exist_ok=True)
     if not manifest.is_file():
@@ -189,8 +220,14 @@ def _prepare_parts(parts: Path, fingerprint: str) -> None:
 
 
 def _fingerprint(model_dir: Path, source: str) -> str:
+    """The model's identity: ensemble.json, and every file's size, mtime and head/tail hash."""
+    import pyarrow.fs as pafs
+
+    from raytrain8m.data.files import file_identity
+
+    local = pafs.LocalFileSystem()
     ensemble = (model_dir / ENSEMBLE_JSON).read_bytes()
-    stamp = [(str(p.relative_to(model_dir)), p.stat().st_size, p.stat().st_mtime_ns)
+    stamp = [(str(p.relative_to(model_dir)), file_identity(local, str(p)))
              for p in sorted(model_dir.rglob("*")) if p.is_file()]
     return hashlib.sha1(ensemble + repr((source, stamp)).encode()).hexdigest()
 
@@ -214,11 +251,12 @@ def infer(model_dir: str | os.PathLike, data: str | Sequence[str], out: str | os
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
     num_classes = int(json.loads((model_dir / ENSEMBLE_JSON).read_text())["num_classes"])
-    files = _input_files(data)
+    identities = _input_files(data)
+    files = list(identities)
     out.parent.mkdir(parents=True, exist_ok=True)
     parts = out.with_name(out.name + ".parts")
     _prepare_parts(parts, _fingerprint(model_dir, source))
-    pending = [path for path in files if not (parts / _part_name(path)).is_file()]
+    pending = [path for path in files if not _finished(parts, path, identities[path])]
     log.info("%d input files, %d already done, %d to predict", len(files), len(files) - len(pending), len(pending))
 
     videos, pool = 0, 0
@@ -250,6 +288,8 @@ def infer(model_dir: str | os.PathLike, data: str | Sequence[str], out: str | os
                     errors.append(result)
                 else:
                     _write_atomically(parts / _part_name(result["path"]), result["text"])
+                    _write_atomically(_part_record(parts, result["path"]), json.dumps(
+                        {"input": result["path"], "identity": identities[result["path"]]}) + "\n")
                     videos += int(result["videos"])
                 bar.update(1)
         if errors:

@@ -60,6 +60,35 @@ def test_inference_writes_the_csv_and_a_restart_redoes_only_unfinished_files(
     assert run.data.metrics["videos"] == second.videos > 0
 
 
+@pytest.mark.slow
+def test_input_files_replaced_at_the_same_paths_are_predicted_again_saying_why(
+        exported, synthetic_dir, tmp_path, ray_session, caplog):
+    import logging
+    import shutil
+
+    from raytrain8m.data.synthetic import generate
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for path in synthetic_dir.glob("test*.tfrecord"):
+        shutil.copy(path, data / path.name)
+    out = tmp_path / "submission.csv"
+    first = infer(exported, str(data / "test*.tfrecord"), out, batch_size=4, progress=False)
+    stale = out.read_text()
+    # New videos under the same names (the same ids: the generator numbers them in order).
+    generate(str(tmp_path / "other"), videos=120, classes=20, max_frames=12, shards=2, seed=1, progress=False)
+    for path in (tmp_path / "other").glob("test*.tfrecord"):
+        shutil.copy(path, data / path.name)
+    with caplog.at_level(logging.WARNING, logger="raytrain8m.infer"):
+        second = infer(exported, str(data / "test*.tfrecord"), out, batch_size=4, progress=False)
+    assert second.skipped == 0 and second.processed == first.files
+    assert caplog.text.count("changed since its predictions were made") == first.files
+    fresh = infer(exported, str(tmp_path / "other" / "test*.tfrecord"), tmp_path / "fresh.csv", batch_size=4,
+                  progress=False)
+    assert out.read_text() == (tmp_path / "fresh.csv").read_text() != stale
+    assert fresh.videos == second.videos
+
+
 def _write_video_without_id(path):
     import tensorflow as tf
 
