@@ -23,6 +23,7 @@ import sys
 from typing import Any, Sequence
 
 from raytrain8m import settings
+from raytrain8m.cli import Parser
 from raytrain8m.errors import ConfigError, Raytrain8mError, fail
 from raytrain8m.models import ModelConfig
 from raytrain8m.train import TrainConfig
@@ -57,7 +58,7 @@ def _add_fields(parser: argparse.ArgumentParser, cls: type, skip: set[str]) -> N
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(description=__doc__)
     parser.add_argument("--model", dest="model_name", help="K<cluster>-H<hidden>, e.g. K32-H1024 "
                         f"(default: {ModelConfig().name}); or --cluster-size/--hidden-size")
     parser.add_argument("--model-type", dest="model", default=None,

@@ -76,17 +76,20 @@ def format_rows(ids: Sequence[str], predictions: np.ndarray, top_k: int = TOP_K)
     return rows
 
 
-def predict_file(predict: Predict, path: str, batch_size: int, num_classes: int) -> list[str]:
+def predict_file(predict: Predict, path: str, batch_size: int, num_classes: int,
+                 skip_corrupt: bool = False) -> tuple[list[str], int]:
+    """The file's CSV rows, and how many corrupt records `skip_corrupt` left out."""
     from raytrain8m.data.batches import iter_batches, to_model_inputs
+    from raytrain8m.data.tfrecord import ReadStats
 
-    rows = []
-    for batch in iter_batches(path, batch_size):
+    rows, stats = [], ReadStats()
+    for batch in iter_batches(path, batch_size, skip_corrupt=skip_corrupt, stats=stats):
         ids = [str(video_id) if video_id is not None else "" for video_id in batch["id"]]
         if not all(ids):
             raise DataError(path, None, "videos without an id; inference needs the `id` of every video")
         frames, num_frames, _ = to_model_inputs(batch, num_classes)
         rows.extend(format_rows(ids, np.asarray(predict(frames, num_frames))))
-    return rows
+    return rows, stats.skipped
 
 
 def _pack(model_dir: Path, source: str) -> dict[str, bytes]:
@@ -97,7 +100,8 @@ def _pack(model_dir: Path, source: str) -> dict[str, bytes]:
 class FilePredictor:
     """Ray Data callable class: loads the model once per actor, turns input files into CSV rows."""
 
-    def __init__(self, model_ref: list, source: str, batch_size: int, num_classes: int, use_gpu: bool = False):
+    def __init__(self, model_ref: list, source: str, batch_size: int, num_classes: int, use_gpu: bool = False,
+                 skip_corrupt: bool = False):
         import ray
 
         if use_gpu:
@@ -108,25 +112,28 @@ class FilePredictor:
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(payload)
         self.predict = load_model(self.directory, source)
-        self.batch_size, self.num_classes = batch_size, num_classes
+        self.batch_size, self.num_classes, self.skip_corrupt = batch_size, num_classes, skip_corrupt
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        texts, errors, records, videos = [], [], [], []
+        texts, errors, records, videos, skipped = [], [], [], [], []
         for path in batch["path"]:
             try:
-                rows = predict_file(self.predict, str(path), self.batch_size, self.num_classes)
+                rows, left_out = predict_file(self.predict, str(path), self.batch_size, self.num_classes,
+                                              self.skip_corrupt)
                 texts.append("".join(row + "\n" for row in rows))
                 errors.append("")
                 records.append(-1)
                 videos.append(len(rows))
+                skipped.append(left_out)
             except DataError as error:  # returned, and raised by the driver naming the file
                 texts.append("")
                 errors.append(error.why)
                 records.append(-1 if error.record is None else error.record)
                 videos.append(0)
+                skipped.append(0)
         return {"path": np.asarray(batch["path"], dtype=object), "text": np.asarray(texts, dtype=object),
                 "error": np.asarray(errors, dtype=object), "record": np.asarray(records, np.int64),
-                "videos": np.asarray(videos, np.int64)}
+                "videos": np.asarray(videos, np.int64), "skipped": np.asarray(skipped, np.int64)}
 
 
 def _check_gpu_node() -> None:
@@ -150,6 +157,7 @@ class InferSummary:
     videos: int
     seconds: float
     workers: int
+    skipped_records: int = 0  # corrupt records left out (skip_corrupt), in the files predicted this time
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -234,9 +242,11 @@ def _fingerprint(model_dir: Path, source: str) -> str:
 
 def infer(model_dir: str | os.PathLike, data: str | Sequence[str], out: str | os.PathLike,
           batch_size: int = 256, workers: int | None = None, use_gpu: bool = False,
-          source: str = "saved_model", progress: bool = True, track: bool = False) -> InferSummary:
+          source: str = "saved_model", progress: bool = True, track: bool = False,
+          skip_corrupt: bool = False) -> InferSummary:
     """Predict every video of `data` with the export at `model_dir`; write the Kaggle CSV `out`.
-    `track` logs the run to MLflow (stage `infer`: the model, data and CSV; files, videos, seconds)."""
+    `track` logs the run to MLflow (stage `infer`: the model, data and CSV; files, videos, seconds,
+    skipped_records). `skip_corrupt` leaves out corrupt records instead of failing the file."""
     import ray
     from tqdm import tqdm
 
@@ -250,6 +260,10 @@ def infer(model_dir: str | os.PathLike, data: str | Sequence[str], out: str | os
         raise ConfigError(f"unknown model source {source!r}; choose one of {', '.join(SOURCES)}")
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
+    if workers is not None and workers < 1:
+        raise ConfigError(f"--workers must be >= 1, got {workers}")
+    from raytrain8m.cli import check_output
+    check_output(out, directory=False)
     num_classes = int(json.loads((model_dir / ENSEMBLE_JSON).read_text())["num_classes"])
     identities = _input_files(data)
     files = list(identities)
@@ -259,7 +273,7 @@ def infer(model_dir: str | os.PathLike, data: str | Sequence[str], out: str | os
     pending = [path for path in files if not _finished(parts, path, identities[path])]
     log.info("%d input files, %d already done, %d to predict", len(files), len(files) - len(pending), len(pending))
 
-    videos, pool = 0, 0
+    videos, pool, skipped_records = 0, 0, 0
     if pending:
         if not ray.is_initialized():
             ray.init(address=settings.ray_address(), log_to_driver=False,
@@ -279,7 +293,7 @@ def infer(model_dir: str | os.PathLike, data: str | Sequence[str], out: str | os
         results = dataset.map_batches(
             FilePredictor, batch_size=1, compute=ray.data.ActorPoolStrategy(size=pool),
             fn_constructor_kwargs={"model_ref": model_ref, "source": source, "batch_size": batch_size,
-                                   "num_classes": num_classes, "use_gpu": use_gpu},
+                                   "num_classes": num_classes, "use_gpu": use_gpu, "skip_corrupt": skip_corrupt},
             num_cpus=1, num_gpus=1 if use_gpu else 0)
         errors = []
         with tqdm(total=len(pending), desc="infer", unit="file", disable=not progress) as bar:
@@ -291,6 +305,7 @@ def infer(model_dir: str | os.PathLike, data: str | Sequence[str], out: str | os
                     _write_atomically(_part_record(parts, result["path"]), json.dumps(
                         {"input": result["path"], "identity": identities[result["path"]]}) + "\n")
                     videos += int(result["videos"])
+                    skipped_records += int(result["skipped"])
                 bar.update(1)
         if errors:
             first = errors[0]
@@ -308,11 +323,15 @@ def infer(model_dir: str | os.PathLike, data: str | Sequence[str], out: str | os
     finally:
         staging.unlink(missing_ok=True)
     summary = InferSummary(str(out), len(files), len(files) - len(pending), len(pending), videos,
-                           round(time.monotonic() - started, 2), pool)
+                           round(time.monotonic() - started, 2), pool, skipped_records)
+    if skipped_records:
+        log.warning("skip_corrupt: %d corrupt records left out", skipped_records)
     if track:
         from raytrain8m import tracking
         tracking.log_run(f"infer {model_dir.name}", {"model": str(model_dir), "data": str(data), "out": str(out),
-                                                     "source": source, "use_gpu": use_gpu},
+                                                     "source": source, "use_gpu": use_gpu,
+                                                     "skip_corrupt": skip_corrupt},
                          {"files": summary.files, "files_done_before": summary.skipped, "videos": videos,
-                          "seconds": summary.seconds, "actors": pool}, tags={"stage": "infer"})
+                          "seconds": summary.seconds, "actors": pool, "skipped_records": skipped_records},
+                         tags={"stage": "infer"})
     return summary

@@ -219,8 +219,14 @@ def run_sweep(spec: SweepSpec, out: str | os.PathLike, max_concurrent: int | Non
               max_failures: int = 2, placements: Sequence[Placement] | None = None,
               name: str = "", profiles: Mapping[str, GpuProfile] = GPU_PROFILES) -> SweepResult:
     """Plan (refusing configs that fit nowhere), open the parent MLflow run, run every trial."""
-    _init_ray()
+    from raytrain8m.cli import check_output
+    from raytrain8m.data import files
+
     out = Path(out).expanduser().absolute()
+    check_output(out)
+    for data in (spec.train.resolved().train_data, spec.train.resolved().validate_data):
+        files.expand(data)  # missing or empty files: an error now, not in every trial
+    _init_ray()
     if (out / SWEEP_JSON).exists() or (out / TUNE_DIR).exists():
         raise ConfigError(f"{out} already holds a sweep; resume it (--resume) or choose another --out")
     placements = list(placements) if placements is not None else plan_sweep(spec, profiles=profiles)
