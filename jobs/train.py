@@ -23,7 +23,7 @@ import sys
 from typing import Any, Sequence
 
 from raytrain8m import settings
-from raytrain8m.cli import Parser
+from raytrain8m.cli import Parser, check_output
 from raytrain8m.errors import ConfigError, Raytrain8mError, fail
 from raytrain8m.models import ModelConfig
 from raytrain8m.train import TrainConfig
@@ -118,6 +118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         config = config_from_args(args)
+        check_output(config.resolved().out)
         if args.smoke:
             config = _smoke_data(config)
         _check_resume(config, args.resume)

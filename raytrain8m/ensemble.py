@@ -134,9 +134,12 @@ def parse_weights(text: str | None) -> list[float] | None:
     if text is None:
         return None
     try:
-        return [float(part) for part in text.split(",") if part.strip()]
+        weights = [float(part) for part in text.split(",") if part.strip()]
     except ValueError as error:
         raise ConfigError(f"--weights must be comma-separated numbers, got {text!r}") from error
+    if any(not weight >= 0 for weight in weights):
+        raise ConfigError(f"--weights must be >= 0 (a member's share of the ensemble), got {text!r}")
+    return weights
 
 
 # -- validate predictions, computed once ----------------------------------------------------------

@@ -11,6 +11,7 @@ from tqdm import tqdm
 
 from raytrain8m.checkpoint import Checkpoint, load_checkpoint
 from raytrain8m.data.batches import iter_batches, to_model_inputs
+from raytrain8m.data.files import expand
 from raytrain8m.data.schema import DataError
 from raytrain8m.data.tfrecord import ReadStats
 from raytrain8m.metrics import MetricsAccumulator
@@ -49,6 +50,7 @@ def evaluate(predict: Predictor, data: str | Sequence[str], num_classes: int, ba
              skip_corrupt: bool = False) -> dict:
     """Run `predict` over every labelled video of `data` and return the metrics (with
     `skipped_records`: corrupt records left out under `skip_corrupt`)."""
+    expand(data)  # missing or empty files: the error now, before a progress bar
     accumulator = MetricsAccumulator(num_classes)
     stats = ReadStats()
     batches: Iterable = iter_batches(data, batch_size, num_classes=num_classes, skip_corrupt=skip_corrupt,
