@@ -208,10 +208,20 @@ def _worker_error(error: Exception, run_dir: Path) -> Exception:
     return error
 
 
-def write_error_record(run_dir: Path, error: Raytrain8mError) -> None:
-    """A worker's own error, for the driver (Ray may wrap it past recognition or retry it)."""
+def write_error_record(run_dir: Path, error: Raytrain8mError, rank: int | None = None) -> None:
+    """A worker's own error, for the driver (Ray may wrap it past recognition or retry it).
+    `failed_workers` has one entry per worker process that failed with it during this fit: a
+    retried attempt would add its own (new processes)."""
+    worker = {"rank": rank, "pid": os.getpid()}
     payload = {"type": type(error).__name__, "message": str(error), "path": getattr(error, "path", None),
-               "record": getattr(error, "record", None), "why": getattr(error, "why", None)}
+               "record": getattr(error, "record", None), "why": getattr(error, "why", None),
+               "failed_workers": [worker]}
+    try:
+        previous = json.loads((run_dir / ERROR_JSON).read_text())
+        payload["failed_workers"] = [entry for entry in previous.get("failed_workers", []) if entry != worker] \
+            + [worker]
+    except (OSError, ValueError):
+        pass
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         staging = run_dir / f".{ERROR_JSON}.tmp-{os.getpid()}"

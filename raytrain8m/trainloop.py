@@ -272,8 +272,15 @@ def train_loop_per_worker(config: dict) -> None:
     config = TrainConfig.from_dict(config)
     try:
         _train(config)
-    except Raytrain8mError as error:
-        write_error_record(Path(config.out) / config.run_name, error)
+    except Exception as error:
+        try:
+            from raytrain8m.failures import own_error
+            own = own_error(error)
+        except ImportError:  # another Ray
+            own = error if isinstance(error, Raytrain8mError) else None
+        if own is not None:
+            import ray.train
+            write_error_record(Path(config.out) / config.run_name, own, ray.train.get_context().get_world_rank())
         raise
 
 

@@ -224,6 +224,21 @@ def test_bad_train_flags_fail_plainly(netvlad_data, tmp_path):
         "glob matches no file": ["--classes", "20", *data[2:], "--train-data", str(tmp_path / "no*.tfrecord")],
         "outside [0, 3)": ["--classes", "3", *data],
     }
+    # An empty shard, a test split (no labels) as training data, an output under a regular file.
+    empty, unlabelled = tmp_path / "empty", tmp_path / "unlabelled"
+    empty.mkdir(), unlabelled.mkdir()
+    (empty / "train0000.tfrecord").write_bytes(b"")
+    for path in netvlad_data.glob("test*.tfrecord"):
+        (unlabelled / path.name.replace("test", "train")).write_bytes(path.read_bytes())
+    (tmp_path / "a-file").write_text("")
+    cases.update({
+        f"{empty / 'train0000.tfrecord'}: empty file (0 bytes)":
+            ["--classes", "20", *data[2:], "--train-data", str(empty / "train*.tfrecord")],
+        "videos without labels: training needs labelled splits":
+            ["--classes", "20", *data[2:], "--train-data", str(unlabelled / "train*.tfrecord")],
+        f"--out {tmp_path / 'a-file' / 'runs'}: {tmp_path / 'a-file'} is a file, not a directory":
+            ["--classes", "20", *data[:4], "--out", str(tmp_path / "a-file" / "runs")],
+    })
     env = {**os.environ, "RAYTRAIN8M_RUNS": str(tmp_path), "MLFLOW_TRACKING_URI": ""}
     running = {message: subprocess.Popen([sys.executable, str(ROOT / "jobs" / "train.py"), *flags], env=env,
                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -234,3 +249,113 @@ def test_bad_train_flags_fail_plainly(netvlad_data, tmp_path):
         errors = [line for line in stderr.splitlines() if line.startswith("error: ")]
         assert len(errors) == 1 and message in errors[0], stderr[-2000:]
         assert "Traceback" not in stderr
+    if (tmp_path / "mlflow.db").exists():  # no run left RUNNING by a refused command
+        runs = tracking.find_runs(uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+        assert all(run.info.status != "RUNNING" for run in runs), [run.info.run_name for run in runs]
+
+
+# --- deterministic errors are not retried; resume takes the newest complete checkpoint on disk -----
+
+def test_our_own_errors_are_not_retried_and_faults_are():
+    import ray
+    from ray.train import FailureConfig
+    from ray.train.v2._internal.execution.failure_handling import FailureDecision
+    from ray.train.v2.api.exceptions import WorkerGroupError
+
+    from raytrain8m.data.schema import DataError
+    from raytrain8m.failures import NoRetryForOwnErrors, own_error
+
+    original = DataError("/data/train0001.tfrecord", 3, "data CRC mismatch")
+    wrapped = ray.exceptions.RayTaskError("SplitCoordinator.get", "Traceback …", original).as_instanceof_cause()
+    assert isinstance(wrapped, DataError) and str(wrapped) != str(original)  # its text: Ray's traceback
+    assert str(own_error(wrapped)) == "/data/train0001.tfrecord, record 3: data CRC mismatch"
+    policy = NoRetryForOwnErrors(FailureConfig(max_failures=3))
+    assert policy.make_decision(WorkerGroupError("w", {1: wrapped})) == FailureDecision.RAISE
+    assert policy.make_decision(WorkerGroupError("w", {0: RuntimeError("node died")})) == FailureDecision.RETRY
+
+
+def _corrupt_record(path: Path, record: int) -> None:
+    """Flip a byte inside the data of the `record`-th record (its data CRC no longer matches)."""
+    import struct
+
+    raw, offset = bytearray(path.read_bytes()), 0
+    for _ in range(record):
+        offset += 12 + struct.unpack_from("<Q", raw, offset)[0] + 4
+    raw[offset + 12 + 5] ^= 0xFF
+    path.write_bytes(bytes(raw))
+
+
+@pytest.mark.slow
+def test_a_corrupt_record_met_while_training_fails_at_once_naming_it_without_retries(
+        netvlad_data, tmp_path, ray_session):
+    import json
+    import shutil
+
+    from raytrain8m.data.schema import DataError
+    from raytrain8m.train import fit
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for path in netvlad_data.glob("*.tfrecord"):
+        shutil.copy(path, data / path.name)
+    _corrupt_record(data / "train0001.tfrecord", 3)  # not in the first batch, which the driver checks
+    config = _config(data, tmp_path, run_name="corrupt", num_workers=1, max_failures=3, eval_every=0)
+    with pytest.raises(DataError) as failure:
+        fit(config, resources_per_worker=CPU_HALF)
+    assert str(failure.value) == f"{data / 'train0001.tfrecord'}, record 3: data CRC mismatch"
+    record = json.loads((tmp_path / "corrupt" / "data_error.json").read_text())
+    assert (record["path"], record["record"]) == (str(data / "train0001.tfrecord"), 3)
+    assert len(record["failed_workers"]) == 1  # one attempt: not retried max_failures=3 times
+    assert "Traceback" in (tmp_path / "corrupt" / "error.log").read_text()  # Ray's wrapping, for the curious
+    [run] = tracking.find_runs("test-train", "attributes.run_name = 'corrupt'", uri=config.tracking_uri)
+    assert run.info.status == "FAILED"
+
+
+def _files(checkpoints: list[Path]) -> dict[str, tuple[int, int, bytes]]:
+    import hashlib
+
+    return {str(path): (path.stat().st_mtime_ns, path.stat().st_size, hashlib.sha1(path.read_bytes()).digest())
+            for checkpoint in checkpoints for path in sorted(checkpoint.iterdir())}
+
+
+@pytest.mark.slow
+def test_driver_killed_right_after_a_checkpoint_resumes_from_it_and_overwrites_none(netvlad_data, tmp_path):
+    import signal
+    import time
+
+    out = tmp_path / "runs"
+    flags = ["--cluster-size", "4", "--hidden-size", "16", "--classes", "20", "--iterations", "10",
+             "--batch-size", "8", "--max-frames", "12", "--workers", "1", "--lr", "0.01",
+             "--max-steps", "60", "--checkpoint-every", "10", "--eval-every", "0", "--log-every", "10",
+             "--train-data", str(netvlad_data / "train*.tfrecord"),
+             "--validate-data", str(netvlad_data / "validate*.tfrecord"), "--out", str(out), "--run-name", "r"]
+    env = {**os.environ, "RAYTRAIN8M_RUNS": str(tmp_path), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'm.db'}"}
+    command = [sys.executable, str(ROOT / "jobs" / "train.py"), *flags]
+    driver = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)
+    try:
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline and driver.poll() is None:
+            done = list_checkpoints(out / "r") if (out / "r").is_dir() else []
+            if done and read_state(done[-1])["step"] >= 20:
+                break
+            time.sleep(0.05)
+        os.kill(driver.pid, signal.SIGKILL)  # the driver, right after checkpoint 20 is complete on disk
+    finally:
+        time.sleep(1)
+        try:  # then the Ray it started (its own session): nothing of it may write on
+            os.killpg(driver.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        driver.wait()
+    before = list_checkpoints(out / "r")
+    newest = read_state(before[-1])["step"]
+    assert 20 <= newest < 60, newest
+    untouched = _files(before)
+
+    resumed = subprocess.run([*command, "--resume"], env=env, capture_output=True, text=True, timeout=900)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    after = list_checkpoints(out / "r")
+    assert [read_state(path)["step"] for path in after] == list(range(10, 61, 10))
+    assert all(read_state(path)["resumed_from"] == newest for path in after if read_state(path)["step"] > newest)
+    assert {key: value for key, value in _files(after).items() if key in untouched} == untouched
