@@ -119,3 +119,30 @@ def test_infer_job_reports_a_missing_model_once_with_exit_code_2(tmp_path, synth
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("error: ") and "Traceback" not in err
     assert not (tmp_path / "x.csv").exists()
+
+
+def _exit_code(main, argv) -> int:
+    """A job's exit status, whether argparse exits (a bad flag) or main returns."""
+    try:
+        return main(argv)
+    except SystemExit as exit_:
+        return exit_.code
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--workers", "0"], "error: argument --workers: must be >= 1, got 0"),
+    (["--batch-size", "0"], "error: argument --batch-size: must be >= 1, got 0"),
+    (["--out", "{tmp}/a-file/submission.csv"], "error: --out {tmp}/a-file/submission.csv: {tmp}/a-file is a file"),
+    (["--data", "{tmp}/empty*.tfrecord"], "error: {tmp}/empty0000.tfrecord: empty file (0 bytes)"),
+])
+def test_bad_infer_flags_and_inputs_are_one_error_line_and_exit_2(
+        exported, synthetic_dir, tmp_path, capsys, flags, message):
+    (tmp_path / "a-file").write_text("")
+    (tmp_path / "empty0000.tfrecord").write_bytes(b"")
+    given = {"--model": str(exported), "--data": str(synthetic_dir / "test*.tfrecord"),
+             "--out": str(tmp_path / "x.csv")}
+    given.update({flag: value.format(tmp=tmp_path) for flag, value in zip(flags[::2], flags[1::2])})
+    code = _exit_code(load_job("infer").main, [item for pair in given.items() for item in pair] + ["--no-track"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith(message.format(tmp=tmp_path)) and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "x.csv").exists()
