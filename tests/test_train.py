@@ -286,7 +286,7 @@ def _corrupt_record(path: Path, record: int) -> None:
 
 
 @pytest.mark.slow
-def test_a_corrupt_record_met_while_training_fails_at_once_naming_it_without_retries(
+def test_a_corrupt_record_met_while_training_fails_at_once_naming_it_without_retries_or_is_skipped(
         netvlad_data, tmp_path, ray_session):
     import json
     import shutil
@@ -309,6 +309,12 @@ def test_a_corrupt_record_met_while_training_fails_at_once_naming_it_without_ret
     assert "Traceback" in (tmp_path / "corrupt" / "error.log").read_text()  # Ray's wrapping, for the curious
     [run] = tracking.find_runs("test-train", "attributes.run_name = 'corrupt'", uri=config.tracking_uri)
     assert run.info.status == "FAILED"
+
+    # With skip_corrupt the record is left out, counted, and the count reaches the driver and MLflow.
+    skipping = fit(config.replace(run_name="skipping", skip_corrupt=True), resources_per_worker=CPU_HALF)
+    assert skipping.metrics["skipped_records"] == 1
+    run = tracking.client(config.tracking_uri).get_run(skipping.mlflow_run_id)
+    assert run.info.status == "FINISHED" and run.data.metrics["skipped_records"] == 1
 
 
 def _files(checkpoints: list[Path]) -> dict[str, tuple[int, int, bytes]]:
