@@ -9,7 +9,8 @@ groups, intra-normalised, flattened (K·λN/G) and batch-normalised. Then dropou
 logistic (the paper's) or the starter's mixture of experts (`classifier="moe"`).
 
 Parameters ≈ λN(N + G + K(G + (H+1)/G)) per modality (G/2 and K/2 for audio) plus the head
-2H²/r + (H+1)V; biases and batch norm add well under 0.5% (`tests/test_models.py` holds it).
+2H²/r + (H+1)V; biases and batch norm add 0.2% at the reference settings (`tests/test_models.py`
+holds it to the built variables).
 All frames given are used (no sampling): the masks make predictions depend only on each
 video's first `num_frames` frames.
 """
