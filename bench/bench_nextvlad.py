@@ -20,6 +20,8 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+log = logging.getLogger("bench_nextvlad")
+
 
 def nearest_nextvlad(target_mib: float, num_classes: int, iterations: int) -> str:
     """The NX-K<k>-H<h> (reference G, λ, r) whose fp16 size is nearest `target_mib`."""
@@ -47,6 +49,8 @@ def train_and_score(name: str, data: Path, args: argparse.Namespace, seed: int) 
     started = time.perf_counter()
     trained, losses = train_locally(config)
     gap = float(evaluate(predictor(trained), config.validate_data, args.classes, progress=False)["gap"])
+    log.warning("%s seed %d: GAP %.4f after %d steps (%.0f s)", name, seed, gap, args.steps,
+                time.perf_counter() - started)
     return {"model": name, "family": model.family, "seed": seed, "gap": gap, "params": num_parameters(model),
             "fp16_mib": size_mib(model, fp16=True), "final_loss": losses[-1],
             "train_s": time.perf_counter() - started}
@@ -65,10 +69,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--gated", default="K32-H64", help="the Gated NetVLAD (default: %(default)s)")
     parser.add_argument("--nextvlad", help="the NeXtVLAD (default: the one nearest the Gated NetVLAD's fp16 size)")
-    parser.add_argument("--videos", type=int, default=600)
+    parser.add_argument("--videos", type=int, default=400)
     parser.add_argument("--classes", type=int, default=40)
-    parser.add_argument("--frames", type=int, default=30, help="max frames a video (and iterations)")
-    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--frames", type=int, default=20, help="max frames a video (and iterations)")
+    parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--seeds", type=int, default=2)
@@ -78,7 +82,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.WARNING)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
     from raytrain8m.data.synthetic import generate
     from raytrain8m.models import ModelConfig, size_mib
 
