@@ -4,7 +4,7 @@ Ensemble search and weight tuning need every member's predictions on the same vi
 YouTube-8M's validate set that is 1.1 M × 3862 values a member: 17 GB as float32 in RAM,
 8.5 GB as float16 on disk. A `PredictionStore` directory holds, per member, its float16
 predictions (`<i>.f16`, row-major [videos, classes]) and each video's `CANDIDATES` most
-confident classes (`<i>.top`), written batch by batch; the labels (sparse), the video ids
+confident classes (`<i>.top`, `CANDIDATES` of them), written batch by batch; the labels (sparse), the video ids
 and `store.json`. Readers map one chunk of videos at a time (the mapping is closed after
 each chunk, so the resident set stays a chunk), and `gaps` scores many weighted
 combinations chunk by chunk in memory bounded by `memory_mib`, whatever their number.
@@ -30,7 +30,7 @@ from raytrain8m.errors import ConfigError
 from raytrain8m.metrics import pooled_ap
 
 STORE_JSON = "store.json"
-CANDIDATES = 32  # per member and video: the classes a combination's top 20 is looked for in
+CANDIDATES = 64  # per member and video: the classes a combination's top 20 is looked for in
 TOP_K = 20       # GAP@20
 CHUNK_VIDEOS = 1024
 Combination = tuple[Sequence[int], Sequence[float]]  # (member indices, weights)
@@ -142,9 +142,10 @@ class PredictionStore:
 
     @classmethod
     def from_arrays(cls, path: str | os.PathLike, predictions: Sequence[np.ndarray], labels: np.ndarray,
-                    ids: Sequence[str] | None = None, names: Sequence[str] | None = None) -> "PredictionStore":
+                    ids: Sequence[str] | None = None, names: Sequence[str] | None = None,
+                    candidates: int = CANDIDATES) -> "PredictionStore":
         """A store of in-memory predictions (tests, small sets)."""
-        store = cls.create(path, np.asarray(labels).shape[1])
+        store = cls.create(path, np.asarray(labels).shape[1], candidates)
         ids = [str(i) for i in range(len(labels))] if ids is None else ids
         for index, values in enumerate(predictions):
             with store.writer(names[index] if names else str(index)) as writer:
@@ -242,27 +243,16 @@ class PredictionStore:
         hits = [np.empty(self.videos * k, bool) for _ in combinations]
         needed = sorted({index for indices, _ in combinations for index in indices})
         for start, stop in self.chunks(chunk_videos):
-            values = {m: self.predictions(m, start, stop) for m in needed}
-            tops = {m: self.top_classes(m, start, stop) for m in needed}
+            chunk = _Chunk({m: self.predictions(m, start, stop) for m in needed},
+                           {m: self.top_classes(m, start, stop) for m in needed})
             labels = self.labels(start, stop)
-            candidate_cache: dict[tuple[int, ...], np.ndarray] = {}
+            rows = np.arange(stop - start)[:, None]
             for number, (indices, weights) in enumerate(combinations):
-                key = tuple(sorted(set(indices)))
-                if key not in candidate_cache:
-                    candidate_cache[key] = _union(np.concatenate([tops[m] for m in key], axis=1))
-                scores, classes = _combination_top_k(values, tops, indices, weights, candidate_cache[key], k)
-                rows = np.arange(stop - start)[:, None]
+                scores, classes = chunk.top_k(indices, weights, k)
                 confidence[number][start * k:stop * k] = scores.ravel()
                 hits[number][start * k:stop * k] = labels[rows, classes].ravel()
         positives = self.positives
         return [pooled_ap(c, h, positives) for c, h in zip(confidence, hits)]
-
-
-def _union(candidates: np.ndarray) -> np.ndarray:
-    """Each row's candidate classes sorted, a repeat replaced by -1."""
-    candidates = np.sort(candidates.astype(np.int32), axis=1)
-    candidates[:, 1:][candidates[:, 1:] == candidates[:, :-1]] = -1
-    return candidates
 
 
 def _weighted(parts: Iterable[np.ndarray], weights: Sequence[float]) -> np.ndarray:
@@ -274,29 +264,46 @@ def _weighted(parts: Iterable[np.ndarray], weights: Sequence[float]) -> np.ndarr
     return total
 
 
-def _combination_top_k(values: dict[int, np.ndarray], tops: dict[int, np.ndarray], indices: Sequence[int],
-                       weights: Sequence[float], candidates: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Each video's k best (score, class) of the combination; exact (see the module docstring)."""
-    videos, classes = values[indices[0]].shape
-    safe = np.maximum(candidates, 0)
-    scores = _weighted((np.take_along_axis(values[m], safe, axis=1) for m in indices), weights)
-    scores[candidates < 0] = -np.inf
-    if tops[indices[0]].shape[1] >= classes:  # every class is a candidate
-        exact = np.ones(videos, bool)
-    else:
-        # a member's CANDIDATES-th value bounds all its classes outside its top list
-        bounds = [np.take_along_axis(values[m], tops[m].astype(np.int64), axis=1).astype(np.float32).min(axis=1)
-                  for m in indices]
-        bound = _weighted(bounds, weights)
-        kth = np.partition(scores, scores.shape[1] - k, axis=1)[:, scores.shape[1] - k]
-        exact = kth > bound
-    best = np.argpartition(scores, scores.shape[1] - k, axis=1)[:, -k:]
-    top_scores = np.take_along_axis(scores, best, axis=1)
-    top_classes = np.take_along_axis(safe, best, axis=1)
-    rest = np.flatnonzero(~exact)
-    if len(rest):  # score these videos on every class
-        dense = _weighted((values[m][rest] for m in indices), weights)
-        best = np.argpartition(dense, classes - k, axis=1)[:, -k:]
-        top_scores[rest] = np.take_along_axis(dense, best, axis=1)
-        top_classes[rest] = best
-    return top_scores, top_classes
+class _Chunk:
+    """The members' float16 predictions and top classes for one chunk of videos."""
+
+    def __init__(self, values: dict[int, np.ndarray], tops: dict[int, np.ndarray]):
+        self.values, self.tops = values, tops
+        self.videos, self.classes = next(iter(values.values())).shape
+        self.every_class = next(iter(tops.values())).shape[1] >= self.classes
+        # a member's CANDIDATES-th value: no class outside its top list scores more
+        self.bounds = {m: np.take_along_axis(values[m], tops[m].astype(np.intp), axis=1).min(axis=1)
+                       for m in values}
+        self._row_offsets = (np.arange(self.videos, dtype=np.intp) * self.classes)[:, None]
+        self._unions: dict[tuple[int, ...], np.ndarray] = {}
+
+    def _union(self, members: tuple[int, ...]) -> np.ndarray:
+        """Each row's candidate classes sorted, a repeat replaced by -1 (kept per member set)."""
+        if members not in self._unions:
+            candidates = np.sort(np.concatenate([self.tops[m] for m in members], axis=1).astype(np.intp), axis=1)
+            candidates[:, 1:][candidates[:, 1:] == candidates[:, :-1]] = -1
+            self._unions[members] = candidates
+        return self._unions[members]
+
+    def top_k(self, indices: Sequence[int], weights: Sequence[float], k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Each video's k best (score, class) of the combination; exact (see the module docstring)."""
+        candidates = self._union(tuple(sorted(set(indices))))
+        safe = np.maximum(candidates, 0)
+        flat = self._row_offsets + safe
+        scores = _weighted((self.values[m].ravel().take(flat) for m in indices), weights)
+        scores[candidates < 0] = -np.inf
+        width = scores.shape[1]
+        order = np.argpartition(scores, width - k, axis=1)
+        best = order[:, -k:]
+        top_scores = np.take_along_axis(scores, best, axis=1)
+        top_classes = np.take_along_axis(safe, best, axis=1)
+        if self.every_class:
+            return top_scores, top_classes
+        kth = np.take_along_axis(scores, order[:, width - k:width - k + 1], axis=1)[:, 0]
+        rest = np.flatnonzero(kth <= _weighted((self.bounds[m] for m in indices), weights))
+        if len(rest):  # a class outside the candidates might be in these videos' top k: score them all
+            dense = _weighted((self.values[m][rest] for m in indices), weights)
+            best = np.argpartition(dense, self.classes - k, axis=1)[:, -k:]
+            top_scores[rest] = np.take_along_axis(dense, best, axis=1)
+            top_classes[rest] = best
+        return top_scores, top_classes

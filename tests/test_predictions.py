@@ -38,11 +38,12 @@ def _reference(members, indices, weights, labels):
     return gap(total, labels)
 
 
-@pytest.mark.parametrize("agreement", [0.9, 0.2])  # 0.2: most videos take the all-classes path
-def test_chunked_combination_gaps_equal_metrics_gap_of_the_float16_predictions(tmp_path, agreement):
+# (0.2, 24): members that agree little, and few candidates: many videos take the all-classes path
+@pytest.mark.parametrize("agreement,candidates", [(0.9, 64), (0.2, 24)])
+def test_chunked_combination_gaps_equal_metrics_gap_of_the_float16_predictions(tmp_path, agreement, candidates):
     rng = np.random.default_rng(int(agreement * 10))
     members, labels = _members(rng, videos=40, classes=300, count=4, agreement=agreement)
-    store = PredictionStore.from_arrays(tmp_path / "store", members, labels)
+    store = PredictionStore.from_arrays(tmp_path / "store", members, labels, candidates=candidates)
     assert store.videos == 40 and store.members == ["0", "1", "2", "3"] and store.positives == labels.sum()
     assert (tmp_path / "store" / "0.f16").stat().st_size == 40 * 300 * 2  # float16 on disk
     combinations = [(combo, list(rng.dirichlet(np.ones(len(combo)))))
