@@ -42,20 +42,23 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def chunk(seed: int, index: int, videos: int, classes: int, member: int):
-    """(labels bool [videos, classes], member `member`'s probabilities float32 [videos, classes])."""
+def chunk(seed: int, index: int, videos: int, classes: int, members: int = 1):
+    """(labels bool [videos, classes], each member's probabilities float32 [videos, classes])."""
     rng = np.random.default_rng([seed, index])
     frequency = 1.0 / np.arange(1, classes + 1) ** 0.8
     labels = np.zeros((videos, classes), bool)
     labels[np.repeat(np.arange(videos), 3), rng.choice(classes, 3 * videos, p=frequency / frequency.sum())] = True
     shared = rng.standard_normal((videos, classes), dtype=np.float32)
     shared += np.float32(-5.0) + np.float32(4.0) * labels
-    noise = np.random.default_rng([seed, index, 1 + member]).standard_normal((videos, classes), dtype=np.float32)
-    shared += np.float32(0.7) * noise
-    np.negative(shared, out=shared)
-    np.exp(shared, out=shared)
-    shared += np.float32(1.0)
-    return labels, np.reciprocal(shared, out=shared)
+    outputs = []
+    for member in range(members):
+        logits = np.random.default_rng([seed, index, 1 + member]).standard_normal((videos, classes), dtype=np.float32)
+        logits *= np.float32(-0.7)
+        logits -= shared
+        np.exp(logits, out=logits)
+        logits += np.float32(1.0)
+        outputs.append(np.reciprocal(logits, out=logits))  # sigmoid(shared + 0.7 · noise)
+    return labels, outputs
 
 
 def score(args) -> dict:
@@ -64,7 +67,7 @@ def score(args) -> dict:
     accumulator = MetricsAccumulator(args.classes)
     scoring_s = 0.0
     for index, begin in enumerate(range(0, args.videos, args.chunk)):
-        labels, predictions = chunk(args.seed, index, min(args.chunk, args.videos - begin), args.classes, 0)
+        labels, (predictions,) = chunk(args.seed, index, min(args.chunk, args.videos - begin), args.classes)
         started = time.perf_counter()
         accumulator.add(predictions, labels)
         scoring_s += time.perf_counter() - started
@@ -77,17 +80,18 @@ def score(args) -> dict:
 
 
 def search(args) -> dict:
-    from raytrain8m.ensemble import rank_combinations
-    from raytrain8m.predictions import PredictionStore
+    from raytrain8m.predictions import PredictionStore, rank_combinations
 
     store = PredictionStore.create(Path(args.work) / "store", args.classes)
     started = time.perf_counter()
-    for member in range(args.members):
-        with store.writer(f"m{member}") as writer:
-            for index, begin in enumerate(range(0, args.videos, args.chunk)):
-                size = min(args.chunk, args.videos - begin)
-                labels, predictions = chunk(args.seed, index, size, args.classes, member)
-                writer.add(predictions, labels, [f"v{begin + i}" for i in range(size)])
+    writers = [store.writer(f"m{member}") for member in range(args.members)]  # all at once
+    for index, begin in enumerate(range(0, args.videos, args.chunk)):
+        size = min(args.chunk, args.videos - begin)
+        labels, outputs = chunk(args.seed, index, size, args.classes, args.members)
+        for writer, predictions in zip(writers, outputs):
+            writer.add(predictions, labels, [f"v{begin + i}" for i in range(size)])
+    for writer in writers:
+        writer.close()
     write_s = time.perf_counter() - started
     started = time.perf_counter()
     rows = rank_combinations(store, SIZES_MIB[:args.members], args.budget, args.max_members,

@@ -10,7 +10,6 @@ Member predictions on validate are computed once per member and kept as float16 
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import logging
 import os
 import re
@@ -22,7 +21,7 @@ import numpy as np
 from raytrain8m.checkpoint import is_checkpoint, read_config
 from raytrain8m.errors import BudgetError, CheckpointError, ConfigError
 from raytrain8m.models import ModelConfig, size_mib
-from raytrain8m.predictions import PredictionStore
+from raytrain8m.predictions import PredictionStore, combinations, rank_combinations, tune_weights
 
 log = logging.getLogger(__name__)
 
@@ -170,35 +169,6 @@ def predict_members(members: Sequence[Member], data: str | Sequence[str], direct
     return store
 
 
-def tune_weights(store: PredictionStore, indices: Sequence[int] | None = None,
-                 start: Sequence[float] | None = None, steps: Sequence[float] = (0.1, 0.05, 0.02, 0.01),
-                 max_rounds: int = 30) -> tuple[list[float], float]:
-    """Coordinate search on the simplex: each round scores every move of `step` of weight from
-    one member to another in one pass over the store, and takes the best move while GAP rises."""
-    indices = list(range(len(store.members)) if indices is None else indices)
-    count = len(indices)
-    weights = np.array(start if start is not None else [1.0 / count] * count, dtype=np.float64)
-    best = store.gap(weights, indices)
-    for step in steps:
-        for _ in range(max_rounds):
-            moves = []
-            for gain, loss in itertools.permutations(range(count), 2):
-                if weights[loss] < step - 1e-12:
-                    continue
-                candidate = weights.copy()
-                candidate[gain] += step
-                candidate[loss] -= step
-                moves.append(candidate)
-            if not moves:
-                break
-            scores = store.gaps([(indices, np.maximum(move, 0.0)) for move in moves])
-            top = int(np.argmax(scores))
-            if scores[top] <= best + 1e-9:
-                break
-            weights, best = moves[top], scores[top]
-    return [round(float(w), 6) for w in weights], best
-
-
 # -- the job's library calls ----------------------------------------------------------------------
 
 @dataclasses.dataclass
@@ -308,44 +278,6 @@ def search(zoo_path: str | os.PathLike, validate_data: str | Sequence[str], budg
     for member, gap in zip(candidates, store_gaps_of_singles(rows, len(candidates))):
         member.gap = gap
     return rows, candidates
-
-
-def combinations(sizes_mib: Sequence[float], budget_mib: float, max_members: int) -> list[tuple[int, ...]]:
-    """Every combination of 1..max_members members whose sizes fit the budget."""
-    found = [combo for size in range(1, max_members + 1)
-             for combo in itertools.combinations(range(len(sizes_mib)), size)
-             if sum(sizes_mib[i] for i in combo) <= budget_mib]
-    if not found:
-        raise BudgetError(f"no zoo model fits in {budget_mib:g} MiB (smallest {min(sizes_mib):.2f} MiB)")
-    return found
-
-
-def rank_combinations(store: PredictionStore, sizes_mib: Sequence[float], budget_mib: float,
-                      max_members: int = 4, tune: bool = False, tune_top: int = 5,
-                      letters: Sequence[str] | None = None, memory_mib: float = 512) -> list[dict]:
-    """The paper's Table 2 from a prediction store: every combination under the budget with equal
-    weights, scored chunk by chunk (memory bounded by `memory_mib`, whatever their number); with
-    `tune`, the `tune_top` best are re-ranked with tuned weights."""
-    letters = list(letters) if letters is not None else store.members
-    combos = combinations(sizes_mib, budget_mib, max_members)
-    singles = [(index,) for index in range(len(sizes_mib))]
-    scored = combos + [combo for combo in singles if combo not in combos]
-    gaps = store.gaps([(combo, [1.0 / len(combo)] * len(combo)) for combo in scored], memory_mib=memory_mib)
-    by_combo = dict(zip(scored, gaps))
-    rows = [{"indices": combo, "weights": [1.0 / len(combo)] * len(combo), "gap": by_combo[combo],
-             "size_mib": sum(sizes_mib[i] for i in combo), "tuned": False} for combo in combos]
-    rows.sort(key=lambda row: -row["gap"])
-    if tune:
-        for row in rows[:tune_top]:
-            if len(row["indices"]) > 1:
-                row["weights"], row["gap"] = tune_weights(store, row["indices"])
-                row["tuned"] = True
-        rows.sort(key=lambda row: -row["gap"])
-    for row in rows:
-        row["members"] = "".join(letters[i] for i in row["indices"])
-        row["best_member_gap"] = max(by_combo[(i,)] for i in row["indices"])
-        row["member_gaps"] = [by_combo[(i,)] for i in row["indices"]]
-    return rows
 
 
 def store_gaps_of_singles(rows: Sequence[dict], count: int) -> list[float | None]:

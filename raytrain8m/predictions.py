@@ -10,7 +10,8 @@ each chunk, so the resident set stays a chunk), and `gaps` scores many weighted
 combinations chunk by chunk in memory bounded by `memory_mib`, whatever their number.
 
 Exact top 20 of a combination without sorting its 3862 classes: the candidates are the
-union of its members' top `CANDIDATES` classes, scored exactly. A class outside every
+union of the members' top `CANDIDATES` classes (gathered once a chunk for all
+combinations), scored exactly. A class outside every
 member's top list scores at most Σ wᵢ·tᵢ (tᵢ: member i's `CANDIDATES`-th value; float
 addition and scaling by w ≥ 0 are monotone, so this bound holds in float32 too). A video
 whose 20th best candidate beats that bound has its exact top 20 among the candidates; the
@@ -19,6 +20,7 @@ others (rare when members agree, as trained models do) are scored on all classes
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 from pathlib import Path
@@ -26,7 +28,7 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
-from raytrain8m.errors import ConfigError
+from raytrain8m.errors import BudgetError, ConfigError
 from raytrain8m.metrics import pooled_ap
 
 STORE_JSON = "store.json"
@@ -48,7 +50,8 @@ class MemberWriter:
 
     def __init__(self, store: "PredictionStore", name: str):
         self.store, self.name = store, name
-        self.index = len(store.members)
+        self.index = len(store.members) + store.open_writers  # several may be open at once
+        store.open_writers += 1
         self.first = self.index == 0
         self.videos = 0
         self._digest = hashlib.sha256()
@@ -64,7 +67,9 @@ class MemberWriter:
                               f"[videos, {self.store.classes}]")
         values = predictions.astype(np.float16)
         self._files["f16"].write(values.tobytes())
-        self._files["top"].write(_top_classes(values, self.store.candidates).tobytes())
+        # float32 → float16 rounding is monotone: float32's top classes are float16's too
+        ranked = predictions if predictions.dtype == np.float32 else values
+        self._files["top"].write(_top_classes(ranked, self.store.candidates).tobytes())
         ids = [str(i) for i in ids]
         if len(ids) != len(values):
             raise ConfigError(f"{self.name}: {len(ids)} ids for {len(values)} videos")
@@ -77,9 +82,14 @@ class MemberWriter:
         self.videos += len(values)
 
     def close(self) -> None:
+        """Writers opened together close in the order they were opened (the first one's videos
+        are the reference)."""
         for handle in self._files.values():
             handle.close()
         store = self.store
+        store.open_writers -= 1
+        if self.index != len(store.members):
+            raise ConfigError(f"member {self.name} closed before the members opened ahead of it")
         if self.first:
             self._ids.close()
             counts = np.concatenate(self._label_counts) if self._label_counts else np.zeros(0, np.int64)
@@ -104,6 +114,7 @@ class MemberWriter:
         if kind is None:
             self.close()
         else:
+            self.store.open_writers -= 1
             for handle in self._files.values():
                 handle.close()
             if self._ids:
@@ -115,7 +126,7 @@ def _top_classes(values: np.ndarray, count: int) -> np.ndarray:
     dtype = np.int16 if values.shape[1] <= np.iinfo(np.int16).max else np.int32
     if count >= values.shape[1]:
         return np.broadcast_to(np.arange(values.shape[1], dtype=dtype), values.shape).copy()
-    as32 = values.astype(np.float32)
+    as32 = values if values.dtype == np.float32 else values.astype(np.float32)
     return np.argpartition(as32, values.shape[1] - count, axis=1)[:, -count:].astype(dtype)
 
 
@@ -128,6 +139,7 @@ class PredictionStore:
         if not record.is_file():
             raise ConfigError(f"{self.path}: no prediction store ({STORE_JSON} missing)")
         self.meta = json.loads(record.read_text())
+        self.open_writers = 0
         self._labels: tuple[np.ndarray, np.ndarray] | None = None
 
     @classmethod
@@ -238,21 +250,96 @@ class PredictionStore:
         return results
 
     def _gaps_pass(self, combinations: list[tuple[list[int], list[float]]], chunk_videos: int) -> list[float]:
+        from concurrent.futures import ThreadPoolExecutor
+
         k = min(TOP_K, self.classes)
         confidence = [np.empty(self.videos * k, np.float32) for _ in combinations]
         hits = [np.empty(self.videos * k, bool) for _ in combinations]
         needed = sorted({index for indices, _ in combinations for index in indices})
-        for start, stop in self.chunks(chunk_videos):
-            chunk = _Chunk({m: self.predictions(m, start, stop) for m in needed},
-                           {m: self.top_classes(m, start, stop) for m in needed})
-            labels = self.labels(start, stop)
-            rows = np.arange(stop - start)[:, None]
-            for number, (indices, weights) in enumerate(combinations):
-                scores, classes = chunk.top_k(indices, weights, k)
-                confidence[number][start * k:stop * k] = scores.ravel()
-                hits[number][start * k:stop * k] = labels[rows, classes].ravel()
+        # numpy's gathers, partitions and sorts release the GIL: combinations run on every core
+        with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
+            for start, stop in self.chunks(chunk_videos):
+                chunk = _Chunk({m: self.predictions(m, start, stop) for m in needed},
+                               {m: self.top_classes(m, start, stop) for m in needed})
+                labels = self.labels(start, stop)
+                rows = np.arange(stop - start)[:, None]
+
+                def score(number: int) -> None:
+                    indices, weights = combinations[number]
+                    scores, classes = chunk.top_k(indices, weights, k)
+                    confidence[number][start * k:stop * k] = scores.ravel()
+                    hits[number][start * k:stop * k] = labels[rows, classes].ravel()
+
+                list(pool.map(score, range(len(combinations))))
         positives = self.positives
         return [pooled_ap(c, h, positives) for c, h in zip(confidence, hits)]
+
+
+def combinations(sizes_mib: Sequence[float], budget_mib: float, max_members: int) -> list[tuple[int, ...]]:
+    """Every combination of 1..max_members members whose sizes fit the budget."""
+    found = [combo for size in range(1, max_members + 1)
+             for combo in itertools.combinations(range(len(sizes_mib)), size)
+             if sum(sizes_mib[i] for i in combo) <= budget_mib]
+    if not found:
+        raise BudgetError(f"no zoo model fits in {budget_mib:g} MiB (smallest {min(sizes_mib):.2f} MiB)")
+    return found
+
+
+def rank_combinations(store: PredictionStore, sizes_mib: Sequence[float], budget_mib: float,
+                      max_members: int = 4, tune: bool = False, tune_top: int = 5,
+                      letters: Sequence[str] | None = None, memory_mib: float = 512) -> list[dict]:
+    """The paper's Table 2 from a prediction store: every combination under the budget with equal
+    weights, scored chunk by chunk (memory bounded by `memory_mib`, whatever their number); with
+    `tune`, the `tune_top` best are re-ranked with tuned weights."""
+    letters = list(letters) if letters is not None else store.members
+    combos = combinations(sizes_mib, budget_mib, max_members)
+    singles = [(index,) for index in range(len(sizes_mib))]
+    scored = combos + [combo for combo in singles if combo not in combos]
+    gaps = store.gaps([(combo, [1.0 / len(combo)] * len(combo)) for combo in scored], memory_mib=memory_mib)
+    by_combo = dict(zip(scored, gaps))
+    rows = [{"indices": combo, "weights": [1.0 / len(combo)] * len(combo), "gap": by_combo[combo],
+             "size_mib": sum(sizes_mib[i] for i in combo), "tuned": False} for combo in combos]
+    rows.sort(key=lambda row: -row["gap"])
+    if tune:
+        for row in rows[:tune_top]:
+            if len(row["indices"]) > 1:
+                row["weights"], row["gap"] = tune_weights(store, row["indices"])
+                row["tuned"] = True
+        rows.sort(key=lambda row: -row["gap"])
+    for row in rows:
+        row["members"] = "".join(letters[i] for i in row["indices"])
+        row["best_member_gap"] = max(by_combo[(i,)] for i in row["indices"])
+        row["member_gaps"] = [by_combo[(i,)] for i in row["indices"]]
+    return rows
+
+
+def tune_weights(store: PredictionStore, indices: Sequence[int] | None = None,
+                 start: Sequence[float] | None = None, steps: Sequence[float] = (0.1, 0.05, 0.02, 0.01),
+                 max_rounds: int = 30) -> tuple[list[float], float]:
+    """Coordinate search on the simplex: each round scores every move of `step` of weight from
+    one member to another in one pass over the store, and takes the best move while GAP rises."""
+    indices = list(range(len(store.members)) if indices is None else indices)
+    count = len(indices)
+    weights = np.array(start if start is not None else [1.0 / count] * count, dtype=np.float64)
+    best = store.gap(weights, indices)
+    for step in steps:
+        for _ in range(max_rounds):
+            moves = []
+            for gain, loss in itertools.permutations(range(count), 2):
+                if weights[loss] < step - 1e-12:
+                    continue
+                candidate = weights.copy()
+                candidate[gain] += step
+                candidate[loss] -= step
+                moves.append(candidate)
+            if not moves:
+                break
+            scores = store.gaps([(indices, np.maximum(move, 0.0)) for move in moves])
+            top = int(np.argmax(scores))
+            if scores[top] <= best + 1e-9:
+                break
+            weights, best = moves[top], scores[top]
+    return [round(float(w), 6) for w in weights], best
 
 
 def _weighted(parts: Iterable[np.ndarray], weights: Sequence[float]) -> np.ndarray:
@@ -265,38 +352,35 @@ def _weighted(parts: Iterable[np.ndarray], weights: Sequence[float]) -> np.ndarr
 
 
 class _Chunk:
-    """The members' float16 predictions and top classes for one chunk of videos."""
+    """One chunk of videos: the members' float16 predictions, and every member's value at the
+    union of all their top classes (gathered once, shared by every combination)."""
 
     def __init__(self, values: dict[int, np.ndarray], tops: dict[int, np.ndarray]):
-        self.values, self.tops = values, tops
+        self.values = values
         self.videos, self.classes = next(iter(values.values())).shape
         self.every_class = next(iter(tops.values())).shape[1] >= self.classes
         # a member's CANDIDATES-th value: no class outside its top list scores more
         self.bounds = {m: np.take_along_axis(values[m], tops[m].astype(np.intp), axis=1).min(axis=1)
                        for m in values}
-        self._row_offsets = (np.arange(self.videos, dtype=np.intp) * self.classes)[:, None]
-        self._unions: dict[tuple[int, ...], np.ndarray] = {}
-
-    def _union(self, members: tuple[int, ...]) -> np.ndarray:
-        """Each row's candidate classes sorted, a repeat replaced by -1 (kept per member set)."""
-        if members not in self._unions:
-            candidates = np.sort(np.concatenate([self.tops[m] for m in members], axis=1).astype(np.intp), axis=1)
-            candidates[:, 1:][candidates[:, 1:] == candidates[:, :-1]] = -1
-            self._unions[members] = candidates
-        return self._unions[members]
+        union = np.sort(np.concatenate(list(tops.values()), axis=1).astype(np.intp), axis=1)
+        union[:, 1:][union[:, 1:] == union[:, :-1]] = -1
+        union.sort(axis=1)  # repeats (-1) first, then the distinct classes
+        width = int((union >= 0).sum(axis=1).max())
+        union = union[:, union.shape[1] - width:]
+        self.invalid = union < 0
+        self.classes_at = np.maximum(union, 0)
+        flat = (np.arange(self.videos, dtype=np.intp) * self.classes)[:, None] + self.classes_at
+        self.gathered = {m: values[m].ravel().take(flat).astype(np.float32) for m in values}
 
     def top_k(self, indices: Sequence[int], weights: Sequence[float], k: int) -> tuple[np.ndarray, np.ndarray]:
         """Each video's k best (score, class) of the combination; exact (see the module docstring)."""
-        candidates = self._union(tuple(sorted(set(indices))))
-        safe = np.maximum(candidates, 0)
-        flat = self._row_offsets + safe
-        scores = _weighted((self.values[m].ravel().take(flat) for m in indices), weights)
-        scores[candidates < 0] = -np.inf
+        scores = _weighted((self.gathered[m] for m in indices), weights)
+        scores[self.invalid] = -np.inf
         width = scores.shape[1]
         order = np.argpartition(scores, width - k, axis=1)
         best = order[:, -k:]
         top_scores = np.take_along_axis(scores, best, axis=1)
-        top_classes = np.take_along_axis(safe, best, axis=1)
+        top_classes = np.take_along_axis(self.classes_at, best, axis=1)
         if self.every_class:
             return top_scores, top_classes
         kth = np.take_along_axis(scores, order[:, width - k:width - k + 1], axis=1)[:, 0]
