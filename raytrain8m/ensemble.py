@@ -177,12 +177,14 @@ class EnsembleResult:
     members: list[Member]
     weights: list[float]
     size_mib: float
-    validate_gap: float | None
+    validate_gap: float | None      # on the files the weights and members were chosen on
     table: str | None = None
+    report_gap: float | None = None  # on the report files (none of the choices was made on them)
 
     def to_dict(self) -> dict[str, Any]:
         return {"out": self.out, "members": [m.to_dict() for m in self.members], "weights": self.weights,
-                "size_mib": round(self.size_mib, 3), "validate_gap": self.validate_gap}
+                "size_mib": round(self.size_mib, 3), "validate_gap": self.validate_gap,
+                "report_gap": self.report_gap}
 
 
 def _predictions_dir(predictions_dir: str | os.PathLike | None):
@@ -202,10 +204,19 @@ def make_ensemble(members_spec: str | None, out: str | os.PathLike | None, weigh
                   validate_data: str | Sequence[str] | None = None, average: bool = True,
                   batch_size: int = 256, max_batches: int | None = None, max_members: int = 4,
                   progress: bool = True, track: bool = True,
-                  predictions_dir: str | os.PathLike | None = None) -> EnsembleResult:
+                  predictions_dir: str | os.PathLike | None = None,
+                  report_data: str | Sequence[str] | None = None) -> EnsembleResult:
     """Resolve, check, weigh (or search), evaluate on validate when given, export to `out`.
-    Member predictions go to a float16 store in `predictions_dir` (default: a temporary one)."""
+    Member predictions go to a float16 store in `predictions_dir` (default: a temporary one).
+    Without `validate_data`, a zoo that records its sweep's holdout gives it (the files its
+    choices were made on) and `report_data` (the other half: the ensemble's `report_gap`)."""
     table = None
+    if validate_data is None and zoo_path is not None and Path(zoo_path).is_file():
+        zoo = _zoo(zoo_path)
+        if zoo.choose_data:
+            validate_data = zoo.choose_data
+            report_data = report_data if report_data is not None else zoo.report_data
+            log.info("scoring on the zoo's holdout: %s", zoo.split)
     if search_budget_mib is not None and members_spec:
         raise ConfigError("give --members or --search, not both")
     if search_budget_mib is not None:
@@ -242,6 +253,10 @@ def make_ensemble(members_spec: str | None, out: str | os.PathLike | None, weigh
                     validate_gap = store.gap(weights)
     size = check_budget(members, budget_mib)
     result = EnsembleResult(None, members, list(weights), size, validate_gap, table)
+    if report_data is not None:
+        with _predictions_dir(None) as directory:
+            result.report_gap = predict_members(members, report_data, directory, batch_size, max_batches,
+                                                progress).gap(weights)
     if out is not None:
         from raytrain8m.export import export_ensemble
 
@@ -250,7 +265,8 @@ def make_ensemble(members_spec: str | None, out: str | os.PathLike | None, weigh
         from raytrain8m.tracking import log_run
 
         label = "".join(m.letter or "" for m in members) or ",".join(m.name for m in members)
-        metrics = {"size_mib": size, **({"validate_gap": validate_gap} if validate_gap is not None else {})}
+        metrics = {"size_mib": size, **({"validate_gap": validate_gap} if validate_gap is not None else {}),
+                   **({"report_gap": result.report_gap} if result.report_gap is not None else {})}
         metrics.update({f"member{i}_gap": m.gap for i, m in enumerate(members) if m.gap is not None})
         log_run(f"ensemble {label}", {"members": ",".join(m.checkpoint for m in members),
                                       "weights": ",".join(f"{w:.4f}" for w in weights), "out": str(out)},
