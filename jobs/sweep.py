@@ -25,6 +25,10 @@ Each trial is a Ray Train run on one GPU type (Ray node label `gpu-type`); its b
 the largest of 160, 80, 40, 20 that fits that type's memory. Configs that fit no GPU type of
 the cluster are refused before anything starts. MLflow: a parent run `sweep <out>` with one
 child run per model (GAP, sizes, GPU type, batch size) and the zoo's table and Pareto plot.
+The paper's split: --holdout auto (default) holds out round(60/3844 · files) validate files
+(at least 2; the paper's 60 of 3844), trains on the rest plus train, makes the zoo's choices on
+one half of the held-out files and reports GAP on the other (sweep.json and split.json record
+it). The zoo's evaluations run as Ray tasks, many at once.
 --out must be a filesystem every node sees (one machine, or NFS on a cluster): trials write
 their checkpoints there and the zoo is built from them.
 """

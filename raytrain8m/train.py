@@ -261,8 +261,15 @@ def fit(config: TrainConfig, parent_run_id: str | None = None, tags: Mapping[str
     the workers; the split is written as `<run dir>/split.json` and logged to the MLflow run.
     """
     config = config.resolved()
-    if split is None and not config.is_split:
-        config, split = config.split()
+    if split is None and not config.is_split and config.holdout != "0":
+        from raytrain8m.data.schema import DataError
+
+        try:
+            config, split = config.split()
+        except DataError:
+            if config.eval_every or config.eval_batches:
+                raise
+            # no validate files and nothing to evaluate: nothing to hold out
     check_inputs(config)
     run_id = _mlflow_run(config, parent_run_id, tags)
     config = config.replace(mlflow_run_id=run_id)
