@@ -76,7 +76,7 @@ def bench(runs: Sequence[Path], validate: str, work: Path) -> dict:
             "averaged_range": list(summary.averaged_range), "fp32_mib": report.fp32_mib,
             "fp16_mib": report.fp16_mib, "gap_fp32": report.gap_fp32, "gap_fp16": report.gap_fp16,
             "seconds": round(time.perf_counter() - started, 2)})
-    cached = predict_members(averaged, validate, progress=False)
+    cached = predict_members(averaged, validate, work / "predictions", progress=False)
     equal = [1 / len(averaged)] * len(averaged)
     tuned, tuned_gap = tune_weights(cached)
     started = time.perf_counter()
@@ -85,7 +85,7 @@ def bench(runs: Sequence[Path], validate: str, work: Path) -> dict:
                           "equal_weights_gap": cached.gap(equal), "tuned_weights": tuned, "tuned_gap": tuned_gap,
                           "best_member_gap": max(cached.gap([1.0], [i]) for i in range(len(averaged))),
                           "export_seconds": round(time.perf_counter() - started, 2),
-                          "validate_videos": len(cached.ids)}
+                          "validate_videos": cached.videos}
     return result
 
 

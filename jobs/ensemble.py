@@ -47,6 +47,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--average", action=argparse.BooleanOptionalAction, default=True,
                         help="zoo members: use their averaged checkpoints (default) or their best single "
                              "checkpoints (checkpoint paths are used as given)")
+    parser.add_argument("--predictions-dir", help="keep the members' validate predictions here (float16, "
+                                                  "videos × classes × 2 bytes a member; default: a temporary "
+                                                  "directory, removed)")
     parser.add_argument("--max-members", type=int, default=4, help="--search: at most this many members")
     add_evaluation_flags(parser)
     return parser.parse_args(argv)
@@ -62,7 +65,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                tune=args.tune_weights, search_budget_mib=args.search, budget_mib=args.budget,
                                zoo_path=args.zoo, validate_data=args.validate_data, average=args.average,
                                batch_size=args.batch_size, max_batches=args.max_batches,
-                               max_members=args.max_members, track=not args.no_track)
+                               max_members=args.max_members, track=not args.no_track,
+                               predictions_dir=args.predictions_dir)
     except Raytrain8mError as error:
         return fail(error)
     if result.table:

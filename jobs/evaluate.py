@@ -4,7 +4,10 @@ Recipe (CPU is fine; about 1 min per 10k videos for K16-H256 on 8 cores):
 
     python jobs/evaluate.py --checkpoint runs/train/K16-H256/checkpoint_00200000 \\
         --data 'gs://BUCKET/yt8m/frame/validate*.tfrecord'
-    # → {"gap": 0.85…, "hit_at_one": …, "perr": …, "map": …, "examples": …, "step": 200000, …}
+    # → {"gap": 0.85…, "hit_at_one": …, "perr": …, "map": null, "examples": …, "step": 200000, …}
+
+GAP, Hit@1 and PERR keep each video's top 20 (memory O(videos × 20)). --map adds mAP, which
+holds every prediction in memory (videos × classes × 4 bytes: 17 GB on the full validate set).
 
 The metrics also go to MLflow as a run `evaluate K16-H256@200000` (stage tag `evaluate`).
 """
@@ -26,6 +29,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--data", required=True, help="glob or URI of labelled .tfrecord files")
     parser.add_argument("--batch-size", type=positive_int, default=256, help="videos a batch (default: %(default)s)")
     add_skip_corrupt(parser)
+    parser.add_argument("--map", action="store_true",
+                        help="also mAP (keeps every prediction in memory: videos × classes × 4 bytes)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--no-track", action="store_true", help="do not log the metrics to MLflow")
     return parser.parse_args(argv)
@@ -38,7 +43,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from raytrain8m.evaluate import evaluate_checkpoint
         metrics = evaluate_checkpoint(args.checkpoint, args.data, batch_size=args.batch_size,
                                       progress=not args.no_progress, track=not args.no_track,
-                                      skip_corrupt=args.skip_corrupt)
+                                      skip_corrupt=args.skip_corrupt, mean_ap=args.map)
     except Raytrain8mError as error:
         return fail(error)
     print(json.dumps(metrics, sort_keys=True))

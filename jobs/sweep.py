@@ -25,6 +25,10 @@ Each trial is a Ray Train run on one GPU type (Ray node label `gpu-type`); its b
 the largest of 160, 80, 40, 20 that fits that type's memory. Configs that fit no GPU type of
 the cluster are refused before anything starts. MLflow: a parent run `sweep <out>` with one
 child run per model (GAP, sizes, GPU type, batch size) and the zoo's table and Pareto plot.
+The paper's split: --holdout auto (default) holds out round(60/3844 · files) validate files
+(at least 2; the paper's 60 of 3844), trains on the rest plus train, makes the zoo's choices on
+one half of the held-out files and reports GAP on the other (sweep.json and split.json record
+it). The zoo's evaluations run as Ray tasks, many at once.
 --out must be a filesystem every node sees (one machine, or NFS on a cluster): trials write
 their checkpoints there and the zoo is built from them.
 """
@@ -57,6 +61,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     train = parser.add_argument_group("training (defaults: TrainConfig's, or the sweep file's)")
     train.add_argument("--train-data", help="train split glob or URI")
     train.add_argument("--validate-data", help="validate split glob or URI (also scores the zoo)")
+    train.add_argument("--holdout", help="validate files held out of training for every later choice: auto "
+                                         "(default: the paper's 60 of 3844, scaled: round(60/3844 * files), "
+                                         "at least 2), N, or 0 (train on train files, score on all validate)")
     train.add_argument("--max-steps", type=int)
     train.add_argument("--checkpoint-every", type=int)
     train.add_argument("--lr", dest="learning_rate", type=float,
@@ -99,12 +106,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.resume:
             result = sweep.resume_sweep(args.out)
-            validate = sweep_records.read_sweep(result.out).get("validate_data")
         else:
             spec = sweep.sweep_spec(
                 args.grid, args.cluster_sizes, args.hidden_sizes, args.classes, args.workers_per_trial,
                 args.sweep_file, train_data=args.train_data, validate_data=args.validate_data,
-                max_steps=args.max_steps, checkpoint_every=args.checkpoint_every,
+                max_steps=args.max_steps, checkpoint_every=args.checkpoint_every, holdout=args.holdout,
                 skip_corrupt=args.skip_corrupt or None,
                 **{key: getattr(args, key, None) for key in ("eval_every", "eval_batches", "log_every", "batch_size", "learning_rate")})
             if args.batch_sizes:
@@ -114,20 +120,23 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(placement.plan_table(sweep.plan_sweep(spec, inventory)))
                 return 0
             result = sweep.run_sweep(spec, args.out, args.max_concurrent, args.max_failures)
-            validate = spec.train.resolved().validate_data
         failed = [trial for trial in result.trials if trial.error]
         for trial in failed:
             print(f"error: trial {trial.model} failed: {trial.error.splitlines()[0]}", file=sys.stderr)
         done = [trial.run_dir for trial in result.completed]
         if not done:
             raise Raytrain8mError("no trial completed; nothing to put in the zoo")
-        zoo = build_zoo(done, validate, result.out, interval=args.zoo_interval,
-                        parent_run_id=result.parent_run_id)
+        choose, report, split = sweep_records.scoring_data(result.out)  # the sweep's holdout
+        zoo = build_zoo(done, choose, result.out, interval=args.zoo_interval,
+                        parent_run_id=result.parent_run_id, report_data=report, split=split)
     except Raytrain8mError as error:
         return fail(error)
     print(zoo.table())
     print(f"\n{len(result.completed)}/{len(result.trials)} trials in {result.wall_s:.0f} s; "
           f"zoo: {zoo.path}")
+    timing = zoo.timing or {}
+    print(f"zoo scoring: {timing.get('evaluations', 0)} evaluations, {timing.get('evaluation_s', 0):.0f} s of "
+          f"evaluation in {timing.get('wall_s', 0):.0f} s wall")
     return 1 if failed else 0
 
 

@@ -11,6 +11,9 @@ about half a day on one A100; validate GAP ≈ 0.855–0.86 on the 2018 frame-le
     python jobs/train.py --model NX-K112-H2048-R16 ...    # NeXtVLAD (G=8, λ=2 by default; -G/-E/-R suffixes)
     python jobs/train.py --smoke                           # 1–2 min on a laptop CPU, synthetic data
 
+--holdout auto (default) holds out the paper's share of validate files (round(60/3844 · files),
+at least 2): training reads train + the other validate files, evaluations the held-out ones
+(OUT/RUN_NAME/split.json and the MLflow run record which); --holdout 0 trains on train only.
 A run lives in OUT/RUN_NAME/checkpoint_<step>/ (model.json, state.json, weights); the same
 command with --resume continues from its latest checkpoint. Prints the result as JSON.
 """

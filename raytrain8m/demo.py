@@ -87,6 +87,7 @@ def run_demo(scale_name: str = "default", data_root: str | Path = "data", runs_r
     from raytrain8m.ensemble import make_ensemble
     from raytrain8m.infer import infer
     from raytrain8m.report import write_report
+    from raytrain8m.sweep_records import scoring_data
     from raytrain8m.train import TrainConfig
     from raytrain8m.zoo import build_zoo
 
@@ -127,18 +128,20 @@ def run_demo(scale_name: str = "default", data_root: str | Path = "data", runs_r
         raise ConfigError(f"demo sweep: trials failed: {', '.join(failed) or 'all'}; see the log above")
     mark = lap("sweep", mark)
 
-    zoo = build_zoo([trial.run_dir for trial in result.completed], validate_glob, out / "sweep",
-                    parent_run_id=result.parent_run_id)
+    # the sweep's holdout: choices on one half of it, reported GAPs on the other
+    choose, report, split = scoring_data(out / "sweep")
+    zoo = build_zoo([trial.run_dir for trial in result.completed], choose, out / "sweep",
+                    parent_run_id=result.parent_run_id, report_data=report, split=split)
     mark = lap("zoo (evaluate + average checkpoints)", mark)
 
     compression = [dataclasses.asdict(compress_checkpoint(entry.checkpoint, out / "fp16" / entry.name,
-                                                          validate_data=validate_glob))
+                                                          validate_data=choose))
                    for entry in zoo.models]
     mark = lap("fp16", mark)
 
     budget = round(BUDGET_RATIO * max(entry.fp16_mib for entry in zoo.models), 2)
     ensemble = make_ensemble(None, out / "ensemble", tune=True, search_budget_mib=budget,
-                             zoo_path=zoo.path, validate_data=validate_glob, progress=False)
+                             zoo_path=zoo.path, validate_data=choose, report_data=report, progress=False)
     mark = lap("ensemble (search + export)", mark)
 
     submission = infer(out / "ensemble", test_glob, out / "submission.csv", progress=False)

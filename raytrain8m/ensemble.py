@@ -4,12 +4,12 @@
 checkpoint paths), check the size budget (sum of fp16 sizes), settle the weights
 (given, normalised, or tuned), export (`raytrain8m.export`). `search` ranks every
 member combination of a zoo under a budget — the paper's Table 2, made by the tool.
-Member predictions on validate are computed once; combinations are numpy only.
+Member predictions on validate are computed once per member and kept as float16 on disk
+(`raytrain8m.predictions`); combinations are scored from there chunk by chunk, numpy only.
 """
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import logging
 import os
 import re
@@ -21,6 +21,7 @@ import numpy as np
 from raytrain8m.checkpoint import is_checkpoint, read_config
 from raytrain8m.errors import BudgetError, CheckpointError, ConfigError
 from raytrain8m.models import ModelConfig, family, size_mib
+from raytrain8m.predictions import PredictionStore, combinations, rank_combinations, tune_weights
 
 log = logging.getLogger(__name__)
 
@@ -142,82 +143,33 @@ def parse_weights(text: str | None) -> list[float] | None:
     return weights
 
 
-# -- validate predictions, computed once ----------------------------------------------------------
+# -- validate predictions, computed once per member, kept as float16 on disk --------------------
 
-@dataclasses.dataclass
-class ValidatePredictions:
-    """Each member's predictions on the same validate videos, in the same order."""
-    predictions: list[np.ndarray]  # [videos, V] float32 each
-    labels: np.ndarray             # [videos, V] 0/1
-    ids: list[str]
-
-    def combine(self, weights: Sequence[float], indices: Sequence[int] | None = None) -> np.ndarray:
-        indices = range(len(self.predictions)) if indices is None else indices
-        total = np.zeros_like(self.predictions[0])
-        for weight, index in zip(weights, indices):
-            total += np.float32(weight) * self.predictions[index]
-        return total
-
-    def gap(self, weights: Sequence[float], indices: Sequence[int] | None = None) -> float:
-        from raytrain8m.metrics import gap
-
-        return float(gap(self.combine(weights, indices), self.labels))
-
-
-def predict_members(members: Sequence[Member], data: str | Sequence[str], batch_size: int = 256,
-                    max_batches: int | None = None, progress: bool = True) -> ValidatePredictions:
-    """Run each member once over `data` (memory: videos × classes × 4 bytes per member)."""
+def predict_members(members: Sequence[Member], data: str | Sequence[str], directory: str | os.PathLike,
+                    batch_size: int = 256, max_batches: int | None = None,
+                    progress: bool = True) -> PredictionStore:
+    """Run each member once over `data` into a prediction store in `directory` (float16 on disk,
+    videos × classes × 2 bytes a member; memory: one batch)."""
     from raytrain8m.data.batches import iter_batches, to_model_inputs
     from raytrain8m.evaluate import load_predictor
     from tqdm import tqdm
 
     num_classes = members[0].config.num_classes
-    outputs, labels, ids = [], None, None
+    store = PredictionStore.create(directory, num_classes)
     for member in members:
         predict, _ = load_predictor(member.checkpoint)
-        member_predictions, member_labels, member_ids = [], [], []
         batches = iter_batches(data, batch_size, num_classes=num_classes)
-        for index, batch in enumerate(tqdm(batches, desc=f"predict {member.letter or member.name}",
-                                           unit="batch", disable=not progress, leave=False)):
-            if max_batches is not None and index >= max_batches:
-                break
-            frames, num_frames, batch_labels = to_model_inputs(batch, num_classes)
-            member_predictions.append(np.asarray(predict(frames, num_frames), np.float32))
-            member_labels.append(batch_labels)
-            member_ids.extend(str(i) for i in batch["id"])
-        if not member_predictions:
-            raise ConfigError(f"no validate videos in {data}")
-        if ids is None:
-            labels, ids = np.concatenate(member_labels), member_ids
-        elif member_ids != ids:
-            raise ConfigError(f"validate data {data} was read in a different order between members")
-        outputs.append(np.concatenate(member_predictions))
-    return ValidatePredictions(outputs, labels, ids)
-
-
-def tune_weights(cached: ValidatePredictions, indices: Sequence[int] | None = None,
-                 start: Sequence[float] | None = None, steps: Sequence[float] = (0.1, 0.05, 0.02, 0.01),
-                 max_rounds: int = 30) -> tuple[list[float], float]:
-    """Coordinate search on the simplex: move `step` of weight from one member to another while GAP rises."""
-    indices = list(range(len(cached.predictions)) if indices is None else indices)
-    count = len(indices)
-    weights = np.array(start if start is not None else [1.0 / count] * count, dtype=np.float64)
-    best = cached.gap(weights, indices)
-    for step in steps:
-        for _ in range(max_rounds):
-            improved = False
-            for gain, loss in itertools.permutations(range(count), 2):
-                if weights[loss] < step - 1e-12:
-                    continue
-                candidate = weights.copy()
-                candidate[gain] += step
-                candidate[loss] -= step
-                score = cached.gap(candidate, indices)
-                if score > best + 1e-9:
-                    weights, best, improved = candidate, score, True
-            if not improved:
-                break
-    return [round(float(w), 6) for w in weights], best
+        with store.writer(member.letter or member.name) as writer:
+            for index, batch in enumerate(tqdm(batches, desc=f"predict {member.letter or member.name}",
+                                               unit="batch", disable=not progress, leave=False)):
+                if max_batches is not None and index >= max_batches:
+                    break
+                frames, num_frames, batch_labels = to_model_inputs(batch, num_classes)
+                writer.add(np.asarray(predict(frames, num_frames), np.float32), batch_labels,
+                           [str(i) for i in batch["id"]])
+            if not writer.videos:
+                raise ConfigError(f"no validate videos in {data}")
+    return store
 
 
 # -- the job's library calls ----------------------------------------------------------------------
@@ -228,12 +180,25 @@ class EnsembleResult:
     members: list[Member]
     weights: list[float]
     size_mib: float
-    validate_gap: float | None
+    validate_gap: float | None      # on the files the weights and members were chosen on
     table: str | None = None
+    report_gap: float | None = None  # on the report files (none of the choices was made on them)
 
     def to_dict(self) -> dict[str, Any]:
         return {"out": self.out, "members": [m.to_dict() for m in self.members], "weights": self.weights,
-                "size_mib": round(self.size_mib, 3), "validate_gap": self.validate_gap}
+                "size_mib": round(self.size_mib, 3), "validate_gap": self.validate_gap,
+                "report_gap": self.report_gap}
+
+
+def _predictions_dir(predictions_dir: str | os.PathLike | None):
+    """A context giving the directory a prediction store is written to: `predictions_dir` (kept),
+    or a temporary one (removed afterwards)."""
+    import contextlib
+    import tempfile
+
+    if predictions_dir is not None:
+        return contextlib.nullcontext(Path(predictions_dir))
+    return tempfile.TemporaryDirectory(prefix="raytrain8m-predictions-")
 
 
 def make_ensemble(members_spec: str | None, out: str | os.PathLike | None, weights: Sequence[float] | None = None,
@@ -241,17 +206,28 @@ def make_ensemble(members_spec: str | None, out: str | os.PathLike | None, weigh
                   budget_mib: float = DEFAULT_BUDGET_MIB, zoo_path: str | os.PathLike | None = None,
                   validate_data: str | Sequence[str] | None = None, average: bool = True,
                   batch_size: int = 256, max_batches: int | None = None, max_members: int = 4,
-                  progress: bool = True, track: bool = True) -> EnsembleResult:
-    """Resolve, check, weigh (or search), evaluate on validate when given, export to `out`."""
+                  progress: bool = True, track: bool = True,
+                  predictions_dir: str | os.PathLike | None = None,
+                  report_data: str | Sequence[str] | None = None) -> EnsembleResult:
+    """Resolve, check, weigh (or search), evaluate on validate when given, export to `out`.
+    Member predictions go to a float16 store in `predictions_dir` (default: a temporary one).
+    Without `validate_data`, a zoo that records its sweep's holdout gives it (the files its
+    choices were made on) and `report_data` (the other half: the ensemble's `report_gap`)."""
     table = None
+    if validate_data is None and zoo_path is not None and Path(zoo_path).is_file():
+        zoo = _zoo(zoo_path)
+        if zoo.choose_data:
+            validate_data = zoo.choose_data
+            report_data = report_data if report_data is not None else zoo.report_data
+            log.info("scoring on the zoo's holdout: %s", zoo.split)
     if search_budget_mib is not None and members_spec:
         raise ConfigError("give --members or --search, not both")
     if search_budget_mib is not None:
         if zoo_path is None or validate_data is None:
             raise ConfigError("--search needs --zoo and --validate-data")
-        rows, cached, candidates = search(zoo_path, validate_data, search_budget_mib, tune=tune,
-                                          average=average, max_members=max_members, batch_size=batch_size,
-                                          max_batches=max_batches, progress=progress)
+        rows, candidates = search(zoo_path, validate_data, search_budget_mib, tune=tune,
+                                  average=average, max_members=max_members, batch_size=batch_size,
+                                  max_batches=max_batches, progress=progress, predictions_dir=predictions_dir)
         table = format_table(rows)
         best = rows[0]
         members = [candidates[i] for i in best["indices"]]
@@ -269,15 +245,21 @@ def make_ensemble(members_spec: str | None, out: str | os.PathLike | None, weigh
         if tune and validate_data is None:
             raise ConfigError("--tune-weights needs --validate-data")
         if validate_data is not None:
-            cached = predict_members(members, validate_data, batch_size, max_batches, progress)
-            for index, member in enumerate(members):
-                member.gap = cached.gap([1.0], [index])
-            if tune:
-                weights, validate_gap = tune_weights(cached, start=weights)
-            else:
-                validate_gap = cached.gap(weights)
+            with _predictions_dir(predictions_dir) as directory:
+                store = predict_members(members, validate_data, directory, batch_size, max_batches, progress)
+                singles = store.gaps([([index], [1.0]) for index in range(len(members))])
+                for member, gap in zip(members, singles):
+                    member.gap = gap
+                if tune:
+                    weights, validate_gap = tune_weights(store, start=weights)
+                else:
+                    validate_gap = store.gap(weights)
     size = check_budget(members, budget_mib)
     result = EnsembleResult(None, members, list(weights), size, validate_gap, table)
+    if report_data is not None:
+        with _predictions_dir(None) as directory:
+            result.report_gap = predict_members(members, report_data, directory, batch_size, max_batches,
+                                                progress).gap(weights)
     if out is not None:
         from raytrain8m.export import export_ensemble
 
@@ -286,7 +268,8 @@ def make_ensemble(members_spec: str | None, out: str | os.PathLike | None, weigh
         from raytrain8m.tracking import log_run
 
         label = "".join(m.letter or "" for m in members) or ",".join(m.name for m in members)
-        metrics = {"size_mib": size, **({"validate_gap": validate_gap} if validate_gap is not None else {})}
+        metrics = {"size_mib": size, **({"validate_gap": validate_gap} if validate_gap is not None else {}),
+                   **({"report_gap": result.report_gap} if result.report_gap is not None else {})}
         metrics.update({f"member{i}_gap": m.gap for i, m in enumerate(members) if m.gap is not None})
         log_run(f"ensemble {label}", {"members": ",".join(m.checkpoint for m in members),
                                       "weights": ",".join(f"{w:.4f}" for w in weights), "out": str(out)},
@@ -296,42 +279,33 @@ def make_ensemble(members_spec: str | None, out: str | os.PathLike | None, weigh
 
 def search(zoo_path: str | os.PathLike, validate_data: str | Sequence[str], budget_mib: float,
            tune: bool = False, average: bool = True, max_members: int = 4, tune_top: int = 5,
-           batch_size: int = 256, max_batches: int | None = None,
-           progress: bool = True) -> tuple[list[dict], ValidatePredictions, list[Member]]:
-    """Rank every zoo combination (2..max_members members) whose fp16 sizes fit `budget_mib`.
-
-    Equal weights for all; with `tune`, the `tune_top` best are re-ranked with tuned weights.
-    """
+           batch_size: int = 256, max_batches: int | None = None, progress: bool = True,
+           predictions_dir: str | os.PathLike | None = None) -> tuple[list[dict], list[Member]]:
+    """Rank every zoo combination (1..max_members members) whose fp16 sizes fit `budget_mib`:
+    (rows best first, the zoo's members the rows' indices refer to)."""
     zoo = _zoo(zoo_path)
     candidates = [zoo_member(entry, average) for entry in zoo.models]
     if not candidates:
         raise ConfigError(f"{zoo_path}: the zoo has no models")
     check_compatible(candidates)
-    combos = [combo for size in range(1, max_members + 1)
-              for combo in itertools.combinations(range(len(candidates)), size)
-              if sum(candidates[i].fp16_mib for i in combo) <= budget_mib]
-    if not combos:
-        raise BudgetError(f"no zoo model fits in {budget_mib:g} MiB (smallest "
-                          f"{min(m.fp16_mib for m in candidates):.2f} MiB)")
-    cached = predict_members(candidates, validate_data, batch_size, max_batches, progress)
-    for index, member in enumerate(candidates):
-        member.gap = cached.gap([1.0], [index])
-    rows = []
-    for combo in combos:
-        weights = [1.0 / len(combo)] * len(combo)
-        rows.append({"indices": combo, "weights": weights, "gap": cached.gap(weights, combo),
-                     "size_mib": sum(candidates[i].fp16_mib for i in combo), "tuned": False})
-    rows.sort(key=lambda row: -row["gap"])
-    if tune:
-        for row in rows[:tune_top]:
-            if len(row["indices"]) > 1:
-                row["weights"], row["gap"] = tune_weights(cached, row["indices"])
-                row["tuned"] = True
-        rows.sort(key=lambda row: -row["gap"])
+    with _predictions_dir(predictions_dir) as directory:
+        # fail on the budget before predicting anything
+        combinations([m.fp16_mib for m in candidates], budget_mib, max_members)
+        store = predict_members(candidates, validate_data, directory, batch_size, max_batches, progress)
+        rows = rank_combinations(store, [m.fp16_mib for m in candidates], budget_mib, max_members, tune,
+                                 tune_top, [m.letter or "?" for m in candidates])
+    for member, gap in zip(candidates, store_gaps_of_singles(rows, len(candidates))):
+        member.gap = gap
+    return rows, candidates
+
+
+def store_gaps_of_singles(rows: Sequence[dict], count: int) -> list[float | None]:
+    """Each member's own GAP, as `rank_combinations` recorded it in the rows."""
+    gaps: list[float | None] = [None] * count
     for row in rows:
-        row["members"] = "".join(candidates[i].letter or "?" for i in row["indices"])
-        row["best_member_gap"] = max(candidates[i].gap for i in row["indices"])
-    return rows, cached, candidates
+        for index, gap in zip(row["indices"], row["member_gaps"]):
+            gaps[index] = gap
+    return gaps
 
 
 def format_table(rows: Sequence[dict], top: int = 20) -> str:

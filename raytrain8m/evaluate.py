@@ -47,11 +47,12 @@ def load_predictor(path: str | os.PathLike) -> tuple[Predictor, Checkpoint]:
 
 def evaluate(predict: Predictor, data: str | Sequence[str], num_classes: int, batch_size: int = 256,
              max_batches: int | None = None, progress: bool = True, desc: str = "evaluate",
-             skip_corrupt: bool = False) -> dict:
+             skip_corrupt: bool = False, mean_ap: bool = False) -> dict:
     """Run `predict` over every labelled video of `data` and return the metrics (with
-    `skipped_records`: corrupt records left out under `skip_corrupt`)."""
+    `skipped_records`: corrupt records left out under `skip_corrupt`). Memory: each video's top
+    20; `mean_ap` keeps every prediction for mAP, videos × classes × 4 bytes."""
     expand(data)  # missing or empty files: the error now, before a progress bar
-    accumulator = MetricsAccumulator(num_classes)
+    accumulator = MetricsAccumulator(num_classes, keep_all=mean_ap)
     stats = ReadStats()
     batches: Iterable = iter_batches(data, batch_size, num_classes=num_classes, skip_corrupt=skip_corrupt,
                                      stats=stats)
@@ -73,15 +74,19 @@ def evaluate(predict: Predictor, data: str | Sequence[str], num_classes: int, ba
 
 
 def evaluate_checkpoint(path: str | os.PathLike, data: str | Sequence[str], batch_size: int = 256,
-                        progress: bool = True, track: bool = False, skip_corrupt: bool = False) -> dict:
-    """A checkpoint's metrics on `data`; `track` logs them as an MLflow run (stage `evaluate`)."""
+                        progress: bool = True, track: bool = False, skip_corrupt: bool = False,
+                        mean_ap: bool = False) -> dict:
+    """A checkpoint's metrics on `data`; `track` logs them as an MLflow run (stage `evaluate`);
+    `mean_ap` adds mAP (it holds every prediction in memory)."""
     predict, checkpoint = load_predictor(path)
     metrics = evaluate(predict, data, checkpoint.config.num_classes, batch_size, progress=progress,
-                       desc=f"evaluate {checkpoint.config.name}@{checkpoint.step}", skip_corrupt=skip_corrupt)
+                       desc=f"evaluate {checkpoint.config.name}@{checkpoint.step}", skip_corrupt=skip_corrupt,
+                       mean_ap=mean_ap)
     result = {"checkpoint": str(path), "model": checkpoint.config.name, "step": checkpoint.step, **metrics}
     if track:
         from raytrain8m import tracking
         tracking.log_run(f"evaluate {checkpoint.config.name}@{checkpoint.step}",
                          {"checkpoint": str(path), "data": str(data), "model": checkpoint.config.name,
-                          "step": checkpoint.step}, metrics, tags={"stage": "evaluate"})
+                          "step": checkpoint.step},
+                         {key: value for key, value in metrics.items() if value is not None}, tags={"stage": "evaluate"})
     return result

@@ -9,7 +9,11 @@ import numpy as np
 
 
 def _as_arrays(predictions, labels) -> tuple[np.ndarray, np.ndarray]:
-    predictions = np.asarray(predictions, dtype=np.float64)
+    # float16/32 stay as they are (a batch of 3862 classes is not copied to float64); the
+    # confidences kept are upcast exactly, so every metric equals the float64 computation.
+    predictions = np.asarray(predictions)
+    if predictions.dtype not in (np.float16, np.float32, np.float64):
+        predictions = predictions.astype(np.float64)
     labels = np.asarray(labels)
     if predictions.ndim != 2 or predictions.shape != labels.shape:
         raise ValueError(f"predictions {predictions.shape} and labels {labels.shape} must be "
@@ -25,11 +29,11 @@ def top_k_per_video(predictions, labels, top_k: int = 20) -> tuple[np.ndarray, n
     confidence = np.take_along_axis(predictions, index, axis=1)
     order = np.argsort(-confidence, axis=1, kind="stable")
     index = np.take_along_axis(index, order, axis=1)
-    return (np.take_along_axis(predictions, index, axis=1),
+    return (np.take_along_axis(predictions, index, axis=1).astype(np.float64),
             np.take_along_axis(labels, index, axis=1))
 
 
-def _pooled_ap(confidence: np.ndarray, hits: np.ndarray, positives: int) -> float:
+def pooled_ap(confidence: np.ndarray, hits: np.ndarray, positives: int) -> float:
     """AP of pooled (confidence, hit) pairs with recall over `positives` true labels."""
     if positives == 0:
         return 0.0
@@ -43,7 +47,7 @@ def gap(predictions, labels, top_k: int = 20) -> float:
     """Global Average Precision: each video's top_k predictions pooled, ranked by confidence,
     AP = sum of precision@i * Δrecall, recall over ALL true labels of the set."""
     confidence, hits = top_k_per_video(predictions, labels, top_k)
-    return _pooled_ap(confidence.ravel(), hits.ravel(), int(np.sum(np.asarray(labels) > 0)))
+    return pooled_ap(confidence.ravel(), hits.ravel(), int(np.sum(np.asarray(labels) > 0)))
 
 
 def hit_at_one(predictions, labels) -> float:
@@ -53,13 +57,23 @@ def hit_at_one(predictions, labels) -> float:
     return float(np.mean(labels[np.arange(len(top)), top])) if len(top) else 0.0
 
 
-def _perr_sum(predictions: np.ndarray, labels: np.ndarray) -> float:
+def _perr_sum(predictions: np.ndarray, labels: np.ndarray, top_hits: np.ndarray | None = None) -> float:
+    """Sum over videos of the precision of their top-(#labels) classes. `top_hits` (each video's
+    hits of its top_k, most confident first) answers every video with at most top_k labels
+    without another pass over its classes."""
+    counts = labels.sum(axis=1)
     total = 0.0
-    for row, truth in zip(predictions, labels):
-        count = int(truth.sum())
-        if count:
-            top = np.argpartition(row, -count)[-count:]
-            total += truth[top].sum() / count
+    rows = np.flatnonzero(counts)
+    if top_hits is not None:
+        reach = counts <= top_hits.shape[1]
+        fast = rows[reach[rows]]
+        cumulative = np.cumsum(top_hits[fast], axis=1)
+        total += float(np.sum(cumulative[np.arange(len(fast)), counts[fast] - 1] / counts[fast]))
+        rows = rows[~reach[rows]]
+    for row in rows:
+        count = int(counts[row])
+        top = np.argpartition(predictions[row], -count)[-count:]
+        total += labels[row, top].sum() / count
     return total
 
 
@@ -84,10 +98,11 @@ def mean_ap(predictions, labels) -> float:
 
 
 class MetricsAccumulator:
-    """Metrics over batches; GAP equals `gap` on the concatenated batches exactly (keeps each
-    video's top_k). mAP needs every prediction: `keep_all=False` saves that memory, map=None."""
+    """GAP, Hit@1 and PERR over batches in O(videos × top_k) memory; GAP equals `gap` on the
+    concatenated batches exactly (each video's top_k is kept). mAP needs every prediction
+    ([videos, classes]: 17 GB for YouTube-8M's validate set), so it is opt-in: `keep_all=True`."""
 
-    def __init__(self, num_classes: int, top_k: int = 20, keep_all: bool = True):
+    def __init__(self, num_classes: int, top_k: int = 20, keep_all: bool = False):
         self.num_classes = num_classes
         self.top_k = top_k
         self.keep_all = keep_all
@@ -108,17 +123,17 @@ class MetricsAccumulator:
         self._hits.append(hits.ravel())
         self._positives += int(labels.sum())
         self._hit_at_one += hit_at_one(predictions, labels) * len(labels)
-        self._perr += _perr_sum(predictions, labels)
+        self._perr += _perr_sum(predictions, labels, hits)
         self._examples += len(labels)
         if self.keep_all:
             self._all.append((predictions.astype(np.float32), labels))
 
     def result(self) -> dict:
-        """{gap, hit_at_one, perr, map, examples}."""
+        """{gap, hit_at_one, perr, map, examples}; map is None unless `keep_all`."""
         if not self._examples:
             return {"gap": 0.0, "hit_at_one": 0.0, "perr": 0.0, "map": None, "examples": 0}
-        gap_value = _pooled_ap(np.concatenate(self._confidence), np.concatenate(self._hits),
-                               self._positives)
+        gap_value = pooled_ap(np.concatenate(self._confidence), np.concatenate(self._hits),
+                              self._positives)
         map_value = None
         if self.keep_all:
             map_value = mean_ap(np.concatenate([p for p, _ in self._all]),

@@ -88,6 +88,11 @@ def _compression_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _report_gap(ensemble: dict) -> str:
+    gap = ensemble.get("report_gap")
+    return f", **{gap:.4f}** on the other held-out files (no choice was made on them)" if gap is not None else ""
+
+
 def write_report(summary: dict[str, Any], zoo: Zoo, out: Path) -> Path:
     """Write `out/report.md` (+ PNGs beside it) and log them to the sweep's MLflow parent run."""
     from raytrain8m import tracking
@@ -123,7 +128,8 @@ MLflow: sweep parent run `{summary['sweep_parent_run_id']}` (`make mlflow-ui`).
 
 ## Ensemble (budget {summary['budget_mib']:.2f} MiB, the paper's 1024 MiB scaled to these models)
 
-Members (weights): {members}. Size {ensemble['size_mib']:.3f} MiB, validate GAP {ensemble['validate_gap']:.4f}.
+Members (weights): {members}. Size {ensemble['size_mib']:.3f} MiB, GAP {ensemble['validate_gap']:.4f} on the
+held-out files the choices were made on{_report_gap(ensemble)}.
 
 ```
 {summary['search_table'] or ''}

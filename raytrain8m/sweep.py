@@ -27,6 +27,7 @@ from typing import Any, Mapping, Sequence
 from raytrain8m import tracking
 from raytrain8m.errors import ConfigError
 from raytrain8m.gpus import GPU_PROFILES, GpuProfile
+from raytrain8m.holdout import SPLIT_JSON, Split
 from raytrain8m.models import NAME_FIELDS, ModelConfig
 from raytrain8m.placement import (BATCH_SIZES, CPU, Placement, cluster_has_gpus, gpu_inventory, parse_grid, plan,
                                   plan_table, worker_gpu_types)
@@ -149,9 +150,10 @@ def run_trial(config: dict[str, Any]) -> None:
     # Ray Train's run/worker records (what the dashboard's Train view shows): how the trial
     # checks where its workers really ran. Ray reads it in this process when the trainer starts.
     os.environ.setdefault("RAY_TRAIN_ENABLE_STATE_TRACKING", "1")
+    split = Split.from_dict(sweep["split"]) if sweep.get("split") else None
     result = fit(train_config, parent_run_id=sweep["parent_run_id"],
                  tags={"gpu_type": placement.gpu_type, "sweep": sweep["name"]},
-                 scaling_options={"label_selector": selector} if selector else None)
+                 scaling_options={"label_selector": selector} if selector else None, split=split)
     node_types = worker_gpu_types(placement.model)  # where the workers really ran
     placed_ok = bool(node_types) and (selector is None or node_types == [placement.gpu_type])
     if not placed_ok:
@@ -237,16 +239,25 @@ def run_sweep(spec: SweepSpec, out: str | os.PathLike, max_concurrent: int | Non
     placements = list(placements) if placements is not None else plan_sweep(spec, profiles=profiles)
     log.info("sweep plan:\n%s", plan_table(placements))
     train = spec.train.resolved()  # absolute data paths: trials and workers run elsewhere
+    # one split for every trial and every later stage (zoo, ensemble): sweep.json and split.json
+    train, split = train.split() if not train.is_split else (train, None)
+    if split is not None:
+        split.save(out / SPLIT_JSON)
+        log.info("split: %s", split.describe())
     uri = train.tracking_uri
     name = name or out.name
     parent = tracking.start_run(f"sweep {name}", train.experiment,
                                 tags={"stage": "sweep"}, uri=uri)
+    if split is not None:
+        parent.log_params({"holdout_files": split.holdout})
+        parent.set_tags({"split": split.describe()})
     parent.log_params({"models": ",".join(p.model for p in placements), "trials": len(placements),
                        "workers_per_trial": spec.workers_per_trial, "max_steps": spec.train.max_steps,
                        "gpu_types": ",".join(sorted({p.gpu_type for p in placements}))})
     tracking.client(uri).log_text(parent.run_id, plan_table(placements), "plan.txt")
     sweep = {"name": name, "parent_run_id": parent.run_id, "tracking_uri": uri,
              "train_out": str(out / TRAIN_DIR), "workers_per_trial": spec.workers_per_trial,
+             "split": split.to_dict() if split is not None else None,
              "use_gpu": {p.model: p.gpu_type != CPU and cluster_has_gpus(p.gpu_type) for p in placements}}
     max_concurrent = max_concurrent or default_concurrency(placements, spec.workers_per_trial, profiles)
     write_json(out / SWEEP_JSON, {"sweep": sweep, "placements": [p.to_dict() for p in placements],

@@ -48,6 +48,19 @@ def read_sweep(out: Path, doing: str = "no sweep here") -> dict[str, Any]:
     return json.loads(record.read_text())
 
 
+def scoring_data(out: Path) -> tuple[str | list[str], list[str] | None, str | None]:
+    """What the stages after training score on, from the sweep's split: (the files choices are
+    made on, the files reported GAPs are measured on or None, what the split is)."""
+    from raytrain8m.holdout import Split
+
+    saved = read_sweep(Path(out))
+    values = saved["sweep"].get("split")
+    if not values:
+        return saved.get("validate_data"), None, None
+    split = Split.from_dict(values)
+    return list(split.choose), list(split.report) if split.separate else None, split.describe()
+
+
 def finished_trial(run_dir: Path) -> TrialOutcome | None:
     """The outcome a complete trial recorded in its run directory, or None."""
     path = run_dir / TRIAL_JSON

@@ -17,6 +17,7 @@ from typing import Any, Mapping
 from raytrain8m import settings, tracking
 from raytrain8m.checkpoint import check_same_model, list_checkpoints, read_state
 from raytrain8m.errors import ConfigError, Raytrain8mError
+from raytrain8m.holdout import SPLIT_JSON, Split, make_split
 from raytrain8m.models import ModelConfig, family
 from raytrain8m.models.config import only_known_keys
 
@@ -32,8 +33,9 @@ class TrainConfig:
     """Every training setting with its one default (the paper's commands where it has one)."""
 
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
-    train_data: str = ""          # glob or URI; "" = <RAYTRAIN8M_DATA>/train*.tfrecord
-    validate_data: str = ""       # "" = <RAYTRAIN8M_DATA>/validate*.tfrecord
+    train_data: str = ""          # glob or URI; "" = <RAYTRAIN8M_DATA>/train*.tfrecord (a file list once split)
+    validate_data: str = ""       # "" = <RAYTRAIN8M_DATA>/validate*.tfrecord (the held-out files once split)
+    holdout: str = "auto"         # validate files held out: auto (the paper's 60 of 3844, scaled), 0 or N
     batch_size: int = 80          # per worker (the paper: 80–160 per GPU)
     learning_rate: float = 1e-4
     decay_rate: float = 0.8       # × every `decay_examples` examples (staircase)
@@ -75,6 +77,10 @@ class TrainConfig:
                 raise ConfigError(f"{field} must be > 0, got {getattr(self, field)!r}")
         if self.moe_l2 < 0:
             raise ConfigError(f"moe_l2 must be >= 0, got {self.moe_l2!r}")
+        holdout = str(self.holdout).strip().lower()
+        if holdout != "auto" and not (holdout.isdigit()):
+            raise ConfigError(f"holdout must be auto, 0 or a number of validate files, got {self.holdout!r}")
+        object.__setattr__(self, "holdout", holdout)
 
     @property
     def global_batch_size(self) -> int:
@@ -117,12 +123,31 @@ class TrainConfig:
                 "clip_norm": self.clip_norm, "moe_l2": self.moe_l2, "max_steps": self.max_steps,
                 "checkpoint_every": self.checkpoint_every, "eval_every": self.eval_every,
                 "num_workers": self.num_workers, "use_gpu": self.use_gpu, "seed": self.seed,
-                "max_frames": self.max_frames, "train_data": self.train_data,
-                "validate_data": self.validate_data, "skip_corrupt": self.skip_corrupt}
+                "max_frames": self.max_frames, "train_data": _shown(self.train_data),
+                "validate_data": _shown(self.validate_data), "holdout": self.holdout,
+                "skip_corrupt": self.skip_corrupt}
+
+    @property
+    def is_split(self) -> bool:
+        """Its data are the file lists of a holdout split (not globs)."""
+        return not isinstance(self.train_data, str)
+
+    def split(self) -> tuple["TrainConfig", Split]:
+        """The paper's split of its globs (`holdout`): train on train + the validate files not held
+        out, evaluate on the held-out ones."""
+        split = make_split(self.train_data, self.validate_data, self.holdout, self.seed)
+        return self.replace(train_data=list(split.train), validate_data=list(split.scoring)), split
 
 
-def _absolute(path: str) -> str:
+def _shown(data: str | list[str]) -> str:
+    """A glob as it is; a file list by its size (MLflow params hold 6000 characters; the list is split.json)."""
+    return data if isinstance(data, str) else f"{len(data)} files (see {SPLIT_JSON})"
+
+
+def _absolute(path: str | list[str]) -> str | list[str]:
     """A local path or glob made absolute (workers run in other directories); URIs as they are."""
+    if not isinstance(path, str):
+        return [_absolute(item) for item in path]
     return path if "://" in path else str(Path(path).expanduser().absolute())
 
 
@@ -279,16 +304,41 @@ def _trainer(config: TrainConfig, resources_per_worker: Mapping[str, float] | No
     )
 
 
+def _log_split(split: Split, config: TrainConfig, logger: tracking.RunLogger) -> None:
+    """The split beside the run (`split.json`) and in its MLflow run (params, tag, artifact)."""
+    split.save(config.run_dir / SPLIT_JSON)
+    logger.log_params({"holdout_files": split.holdout, "choose_files": len(split.choose),
+                       "report_files": len(split.report)})
+    logger.set_tags({"split": split.describe()})
+    from mlflow.exceptions import MlflowException
+
+    try:
+        tracking.client(config.tracking_uri).log_artifact(logger.run_id, str(config.run_dir / SPLIT_JSON))
+    except (MlflowException, OSError) as error:  # tracking is a copy; the split is on disk
+        log.warning("MLflow: could not log %s (%s)", SPLIT_JSON, error)
+
+
 def fit(config: TrainConfig, parent_run_id: str | None = None, tags: Mapping[str, Any] | None = None,
         resources_per_worker: Mapping[str, float] | None = None,
-        scaling_options: Mapping[str, Any] | None = None) -> TrainResult:
+        scaling_options: Mapping[str, Any] | None = None, split: Split | None = None) -> TrainResult:
     """Train (or resume) one model on Ray Train and return its checkpoints and final metrics.
 
     `parent_run_id` makes the MLflow run a child (a sweep's trial); `resources_per_worker` and
     `scaling_options` (e.g. `label_selector`, `accelerator_type`) go to `ScalingConfig`. On any
     failure the MLflow run ends FAILED and a worker's own error is raised plainly.
+    The held-out validate files (`config.holdout`, or `split` when a sweep made it) never reach
+    the workers; the split is written as `<run dir>/split.json` and logged to the MLflow run.
     """
     config = config.resolved()
+    if split is None and not config.is_split and config.holdout != "0":
+        from raytrain8m.data.schema import DataError
+
+        try:
+            config, split = config.split()
+        except DataError:
+            if config.eval_every or config.eval_batches:
+                raise
+            # no validate files and nothing to evaluate: nothing to hold out
     check_inputs(config)
     (config.run_dir / ERROR_JSON).unlink(missing_ok=True)  # a previous attempt's
     run_id = _mlflow_run(config, parent_run_id, tags)
@@ -297,6 +347,8 @@ def fit(config: TrainConfig, parent_run_id: str | None = None, tags: Mapping[str
     skip_counter = None
     try:
         logger.log_params(config.params())
+        if split is not None:
+            _log_split(split, config, logger)
         logger.set_tags({"run_dir": str(config.run_dir)})
         logger.log_sizes(config.model)
         if config.skip_corrupt:

@@ -12,7 +12,7 @@ import logging
 import os
 import string
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 from raytrain8m.errors import ConfigError
 
@@ -38,6 +38,7 @@ class ZooEntry:
     letter: str = ""
     mlflow_run_id: str | None = None
     pinned: bool = False
+    report_gap: float | None = None  # the chosen checkpoint's GAP on the report files (not chosen on)
 
     @property
     def _averaged_wins(self) -> bool:
@@ -93,6 +94,10 @@ class Zoo:
     models: list[ZooEntry]
     eliminated: list[ZooEntry] = dataclasses.field(default_factory=list)
     path: Path | None = None
+    split: str | None = None               # which files the choices and reported GAPs are on
+    choose_data: list[str] | None = None   # the files choices were made on
+    report_data: list[str] | None = None   # the files report_gap was measured on
+    timing: dict | None = None             # the scoring's wall time vs the sum of its evaluations
 
     @classmethod
     def build(cls, entries: Iterable[ZooEntry]) -> "Zoo":
@@ -128,7 +133,9 @@ class Zoo:
 
     def to_dict(self) -> dict[str, Any]:
         return {"models": [entry.to_dict() for entry in self.models],
-                "eliminated": [entry.to_dict() for entry in self.eliminated]}
+                "eliminated": [entry.to_dict() for entry in self.eliminated],
+                "split": self.split, "choose_data": self.choose_data, "report_data": self.report_data,
+                "timing": self.timing}
 
     def save(self, path: str | os.PathLike) -> Path:
         """`path` (zoo.json) and, beside it, the table as text (zoo.txt), each written atomically."""
@@ -143,16 +150,21 @@ class Zoo:
 
     def table(self) -> str:
         """Table 1 of the paper, for this zoo."""
+        reported = any(entry.report_gap is not None for entry in self.models)
         header = (f"{'model':<14}{'fp32 MiB':>10}{'fp16 MiB':>10}{'compr.':>8}"
-                  f"{'avg ckpt GAP':>14}{'best single GAP':>17}")
+                  f"{'avg ckpt GAP':>14}{'best single GAP':>17}" + (f"{'report GAP':>12}" if reported else ""))
         rows = [header, "-" * len(header)]
         for entry in self.models:
             averaged = f"{entry.averaged_gap:.4f}" if entry.averaged_gap is not None else "-"
+            shown = f"{entry.report_gap:.4f}" if entry.report_gap is not None else "-"
             rows.append(f"{entry.name + ' (' + entry.letter + ')':<14}{entry.fp32_mib:>10.2f}"
                         f"{entry.fp16_mib:>10.2f}{1 - entry.fp16_mib / entry.fp32_mib:>8.1%}"
-                        f"{averaged:>14}{entry.best_single_gap:>17.4f}")
+                        f"{averaged:>14}{entry.best_single_gap:>17.4f}" + (f"{shown:>12}" if reported else ""))
         if self.eliminated:
             rows.append("eliminated (inferior): " + ", ".join(entry.name for entry in self.eliminated))
+        if self.split:
+            rows.append(f"split: {self.split}" + ("; avg/best single GAPs are on the files chosen on, "
+                                                   "report GAP on the others" if reported else ""))
         return "\n".join(rows)
 
 
@@ -173,7 +185,8 @@ def load_zoo(path: str | os.PathLike) -> Zoo:
     except json.JSONDecodeError as error:
         raise ConfigError(f"{path}: not valid JSON ({error})") from error
     return Zoo([_entry(values, path) for values in payload.get("models", [])],
-               [_entry(values, path) for values in payload.get("eliminated", [])], path)
+               [_entry(values, path) for values in payload.get("eliminated", [])], path,
+               payload.get("split"), payload.get("choose_data"), payload.get("report_data"), payload.get("timing"))
 
 
 def carry_pins(entries: Iterable[ZooEntry], previous: Zoo | None) -> list[ZooEntry]:
@@ -218,47 +231,105 @@ def plot_pareto(zoo: Zoo, path: str | os.PathLike, title: str = "model zoo") -> 
     return path
 
 
-def build_zoo(run_dirs: Iterable[str | os.PathLike], validate_data: str, out: str | os.PathLike,
+def build_zoo(run_dirs: Iterable[str | os.PathLike], validate_data: str | Sequence[str], out: str | os.PathLike,
               interval: int = 1, average: bool = True, eval_batches: int | None = None,
-              parent_run_id: str | None = None, tracking_uri: str | None = None) -> Zoo:
-    """Score each trained model on validate (best single checkpoint, then the best average of
-    a range when `average`), drop inferior models, letter the rest (keeping letters pinned in
-    an existing `out/zoo.json`), write `zoo.json`, `zoo.txt` and `pareto.png`."""
+              parent_run_id: str | None = None, tracking_uri: str | None = None,
+              report_data: str | Sequence[str] | None = None, split: str | None = None,
+              parallel: bool = True) -> Zoo:
+    """Score each trained model on `validate_data` (every `interval`-th checkpoint, then the
+    best average of a range around the best when `average`), drop inferior models, letter the
+    rest (keeping letters pinned in an existing `out/zoo.json`), write `zoo.json`, `zoo.txt` and
+    `pareto.png`. The choices are made on `validate_data`; with `report_data` (the other half
+    of the holdout) each model's choice is scored there too (`report_gap`). `split` says which
+    files these are, in zoo.json and the table. Evaluations run as Ray tasks, many at once,
+    when `parallel` and Ray is up (`raytrain8m.scoring`)."""
     from raytrain8m import tracking
-    from raytrain8m.average import auto_average
-    from raytrain8m.checkpoint import list_checkpoints, read_config
-    from raytrain8m.evaluate import evaluate_checkpoint
+    from raytrain8m.average import average as write_average
+    from raytrain8m.average import candidate_ranges
+    from raytrain8m.checkpoint import list_checkpoints, read_config, read_state
+    from raytrain8m.data.files import expand
     from raytrain8m.models import size_mib
+    from raytrain8m.scoring import Evaluation, Timing, timed_score
 
     out = Path(out)
-    entries = []
+    if interval < 1:
+        raise ConfigError(f"interval must be >= 1, got {interval}")
+    choose = _data_list(validate_data)
+    expand(choose)  # a missing file fails here, not in a task
+    timing = Timing()
+    models = []
     for run_dir in map(Path, run_dirs):
         checkpoints = list_checkpoints(run_dir)
         if not checkpoints:
             raise ConfigError(f"{run_dir}: no checkpoints to put in the zoo")
         config = read_config(checkpoints[-1])
+        models.append((run_dir, config, checkpoints))
+
+    # 1. every scored single checkpoint of every model, at once
+    singles = [(number, index) for number, (_, _, checkpoints) in enumerate(models)
+               for index in range(0, len(checkpoints), interval)]
+    results = timed_score([Evaluation(models[number][1].name, (str(models[number][2][index]),), tuple(choose),
+                                      eval_batches) for number, index in singles], timing, parallel)
+    scored: dict[int, list[dict]] = {number: [] for number in range(len(models))}
+    for (number, index), result in zip(singles, results):
+        checkpoint = models[number][2][index]
+        scored[number].append({"index": index, "step": read_state(checkpoint)["step"],
+                               "checkpoint": str(checkpoint), "gap": float(result["gap"])})
+
+    # 2. ranges around each model's best, at once
+    ranges = []
+    if average:
+        for number, (_, config, checkpoints) in enumerate(models):
+            if len(checkpoints) >= 2:
+                best = max(scored[number], key=lambda row: row["gap"])
+                ranges += [(number, start, end) for start, end in candidate_ranges(len(checkpoints), best["index"])]
+    results = timed_score([Evaluation(models[number][1].name, tuple(str(p) for p in models[number][2][start:end + 1]),
+                                      tuple(choose), eval_batches) for number, start, end in ranges], timing, parallel)
+    averaged: dict[int, tuple[float, int, int]] = {}
+    for (number, start, end), result in zip(ranges, results):
+        if number not in averaged or result["gap"] > averaged[number][0]:
+            averaged[number] = (float(result["gap"]), start, end)
+
+    entries = []
+    for number, (run_dir, config, checkpoints) in enumerate(models):
+        best = max(scored[number], key=lambda row: row["gap"])
         entry = ZooEntry(name=config.name, cluster_size=config.cluster_size, hidden_size=config.hidden_size,
                          num_classes=config.num_classes, fp32_mib=size_mib(config, fp16=False),
-                         fp16_mib=size_mib(config, fp16=True), best_single_gap=0.0,
-                         best_single_checkpoint="", checkpoints=[str(path) for path in checkpoints],
+                         fp16_mib=size_mib(config, fp16=True), best_single_gap=best["gap"],
+                         best_single_checkpoint=best["checkpoint"], checkpoints=[str(p) for p in checkpoints],
                          run_dir=str(run_dir), mlflow_run_id=_run_id(run_dir))
-        if average and len(checkpoints) >= 2:
-            summary = auto_average(checkpoints, validate_data, out / "averaged" / config.name, interval=interval,
-                                   max_batches=eval_batches, track=False, progress=False)
-            entry.best_single_gap, entry.best_single_checkpoint = summary.best_single_gap, summary.best_single_checkpoint
-            entry.averaged_gap, entry.averaged_checkpoint = summary.averaged_gap, summary.out
-        else:
-            scores = [evaluate_checkpoint(path, validate_data, progress=False)
-                      for path in checkpoints[::max(1, interval)]]
-            best = max(scores, key=lambda score: score["gap"])
-            entry.best_single_gap, entry.best_single_checkpoint = float(best["gap"]), str(best["checkpoint"])
-        if entry.mlflow_run_id:
-            tracking.RunLogger(entry.mlflow_run_id, tracking_uri).log_metrics(
-                {"best_single_gap": entry.best_single_gap,
-                 **({"averaged_gap": entry.averaged_gap} if entry.averaged_gap is not None else {})})
+        if number in averaged:
+            gap, start, end = averaged[number]
+            members = checkpoints[start:end + 1]
+            entry.averaged_gap = gap
+            entry.averaged_checkpoint = str(write_average(members, out / "averaged" / config.name, state={
+                "best_single_gap": best["gap"], "best_single_step": best["step"],
+                "best_single_checkpoint": best["checkpoint"], "averaged_gap": gap}))
         entries.append(entry)
+
+    # 3. each model's choice on the report files, at once
+    report = _data_list(report_data) if report_data is not None else None
+    if report is not None:
+        results = timed_score([Evaluation(entry.name, (entry.checkpoint,), tuple(report), eval_batches)
+                               for entry in entries], timing, parallel)
+        for entry, result in zip(entries, results):
+            entry.report_gap = float(result["gap"])
+    log.info("zoo scoring: %s", timing.describe())
+
+    for number, entry in enumerate(entries):
+        if entry.mlflow_run_id:
+            logger = tracking.RunLogger(entry.mlflow_run_id, tracking_uri)
+            for row in scored[number]:  # the curve a range is picked from
+                logger.log_metrics({"holdout_gap": row["gap"]}, step=row["step"])
+            logger.log_metrics({"best_single_gap": entry.best_single_gap,
+                                **({"averaged_gap": entry.averaged_gap} if entry.averaged_gap is not None else {}),
+                                **({"report_gap": entry.report_gap} if entry.report_gap is not None else {})})
+            if split:
+                logger.set_tags({"zoo_split": split})
     previous = load_zoo(out / "zoo.json") if (out / "zoo.json").is_file() else None
     zoo = Zoo.build(carry_pins(entries, previous))
+    zoo.split, zoo.timing = split, timing.to_dict()
+    zoo.choose_data, zoo.report_data = choose, report
     zoo.save(out / "zoo.json")
     plot_pareto(zoo, out / "pareto.png", title=f"model zoo ({len(zoo.models)} kept, "
                                                f"{len(zoo.eliminated)} eliminated)")
@@ -271,9 +342,16 @@ def build_zoo(run_dirs: Iterable[str | os.PathLike], validate_data: str, out: st
                 mlflow_client.log_artifact(parent_run_id, str(out / name), "zoo")
             except (MlflowException, OSError) as error:  # the zoo is built; tracking is a copy
                 log.warning("MLflow: could not log %s (%s)", name, error)
-        tracking.RunLogger(parent_run_id, tracking_uri).log_metrics(
-            {"zoo_models": len(zoo.models), "zoo_eliminated": len(zoo.eliminated)})
+        parent = tracking.RunLogger(parent_run_id, tracking_uri)
+        parent.log_metrics({"zoo_models": len(zoo.models), "zoo_eliminated": len(zoo.eliminated),
+                            "zoo_wall_s": timing.wall_s, "zoo_evaluation_s": timing.evaluation_s})
+        if split:
+            parent.set_tags({"zoo_split": split})
     return zoo
+
+
+def _data_list(data: str | Sequence[str]) -> list[str]:
+    return [data] if isinstance(data, (str, os.PathLike)) else [str(item) for item in data]
 
 
 def _run_id(run_dir: Path) -> str | None:

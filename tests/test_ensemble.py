@@ -10,9 +10,10 @@ import pytest
 from _ensemble_helpers import (constant_checkpoint, load_job, tiny_config, trained_members,
                                write_zoo)
 from raytrain8m.ensemble import (
-    ValidatePredictions, format_table, make_ensemble, normalise_weights, resolve_members, search, tune_weights,
+    format_table, make_ensemble, normalise_weights, resolve_members, search, tune_weights,
 )
 from raytrain8m.errors import BudgetError, CheckpointError, ConfigError
+from raytrain8m.predictions import PredictionStore
 
 
 @pytest.fixture(scope="module")
@@ -81,12 +82,12 @@ def test_a_missing_checkpoint_is_an_error_and_writes_nothing(members, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_tune_weights_stays_on_the_simplex_and_never_loses_to_equal_weights():
+def test_tune_weights_stays_on_the_simplex_and_never_loses_to_equal_weights(tmp_path):
     rng = np.random.default_rng(0)
     labels = (rng.random((200, 20)) < 0.1).astype(np.float32)
     good = np.clip(labels * 0.6 + rng.random((200, 20)) * 0.5, 0, 1).astype(np.float32)
     noise = rng.random((200, 20)).astype(np.float32)
-    cached = ValidatePredictions([good, noise], labels, [str(i) for i in range(200)])
+    cached = PredictionStore.from_arrays(tmp_path / "store", [good, noise], labels)
     weights, gap = tune_weights(cached)
     assert sum(weights) == pytest.approx(1) and min(weights) >= 0
     assert gap >= cached.gap([0.5, 0.5]) and weights[0] > weights[1]
@@ -99,7 +100,7 @@ def test_search_ranks_the_zoo_combinations_that_fit_the_budget(members, validate
     zoo = write_zoo(tmp_path / "zoo.json", [*members, extra], "ABC")
     sizes = [m.fp16_mib for m in resolve_members("ABC", zoo)]
     budget = sizes[0] + sizes[1] + 0.01  # A+B fits, A+B+C does not
-    rows, _, _ = search(zoo, validate, budget, progress=False)
+    rows, _ = search(zoo, validate, budget, progress=False)
     assert {row["members"] for row in rows} == {"A", "B", "C", "AB", "AC", "BC"}
     gaps = [row["gap"] for row in rows]
     assert gaps == sorted(gaps, reverse=True) and rows[0]["members"] == "AB", rows

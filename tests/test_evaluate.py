@@ -25,6 +25,7 @@ def test_evaluate_job_prints_the_metrics_and_logs_them_to_mlflow(synthetic_dir, 
     predict, _ = load_predictor(checkpoint)
     assert printed["gap"] == pytest.approx(gap(predict(frames, num_frames), labels), abs=1e-6)
     assert (printed["model"], printed["step"], printed["examples"]) == ("K4-H16", 7, len(labels))
+    assert printed["map"] is None  # mAP holds every prediction: opt-in
 
     (run,) = tracking.find_runs(filter_string="tags.stage = 'evaluate'", uri=uri)
     assert run.info.run_name == "evaluate K4-H16@7" and run.data.params["checkpoint"] == str(checkpoint)
@@ -34,6 +35,10 @@ def test_evaluate_job_prints_the_metrics_and_logs_them_to_mlflow(synthetic_dir, 
     assert load_job("evaluate").main(["--checkpoint", str(checkpoint), "--data", data, "--no-progress",
                                       "--no-track"]) == 0
     assert len(tracking.find_runs(filter_string="tags.stage = 'evaluate'", uri=uri)) == 1
+    assert load_job("evaluate").main(["--checkpoint", str(checkpoint), "--data", data, "--no-progress",
+                                      "--no-track", "--map"]) == 0
+    with_map = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert 0 < with_map["map"] <= 1 and with_map["gap"] == printed["gap"]
 
 
 @pytest.mark.parametrize("split, message", [

@@ -70,7 +70,7 @@ def test_accumulator_over_batches_equals_one_shot_exactly():
     rng = np.random.default_rng(2)
     predictions = rng.random((97, 30)).astype(np.float32)
     labels = (rng.random((97, 30)) < 0.1).astype(np.float32)
-    accumulator = MetricsAccumulator(num_classes=30)
+    accumulator = MetricsAccumulator(num_classes=30, keep_all=True)  # mAP is opt-in
     for begin in range(0, 97, 16):
         accumulator.add(predictions[begin:begin + 16], labels[begin:begin + 16])
     result = accumulator.result()
@@ -79,6 +79,34 @@ def test_accumulator_over_batches_equals_one_shot_exactly():
     assert result["hit_at_one"] == pytest.approx(hit_at_one(predictions, labels))
     assert result["perr"] == pytest.approx(perr(predictions, labels))
     assert result["map"] == pytest.approx(mean_ap(predictions, labels))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_streaming_metrics_keep_only_top_k_and_equal_the_one_shot_ones_exactly(seed):
+    """The default accumulator holds O(videos × top_k): no predictions kept, mAP None; GAP is
+    bit-equal to `gap` for float16/32/64 batches of random sizes, PERR also past top_k labels."""
+    rng = np.random.default_rng(seed)
+    videos, classes = int(rng.integers(40, 300)), int(rng.integers(25, 120))
+    dtype = [np.float16, np.float32, np.float64][seed % 3]
+    predictions = rng.permutation(videos * classes).reshape(videos, classes)  # no ties
+    predictions = (predictions / (videos * classes)).astype(dtype)
+    if dtype == np.float16:  # distinct float16 values: a random ranking over fewer classes
+        predictions = np.argsort(rng.random((videos, classes)), axis=1).astype(np.float16) / 1024
+    labels = (rng.random((videos, classes)) < rng.uniform(0.02, 0.3)).astype(np.int8)
+    labels[0, :22] = 1  # more labels than top_k: PERR's slow path
+    accumulator = MetricsAccumulator(num_classes=classes)
+    begin = 0
+    while begin < videos:
+        size = int(rng.integers(1, 64))
+        accumulator.add(predictions[begin:begin + size], labels[begin:begin + size])
+        begin += size
+    result = accumulator.result()
+    assert accumulator._all == [] and result["map"] is None
+    assert sum(len(c) for c in accumulator._confidence) == videos * min(20, classes)
+    assert result["gap"] == gap(predictions, labels)
+    assert result["gap"] == pytest.approx(official_gap(predictions.astype(np.float64), labels), abs=1e-12)
+    assert result["hit_at_one"] == pytest.approx(hit_at_one(predictions, labels), abs=1e-12)
+    assert result["perr"] == pytest.approx(perr(predictions, labels), abs=1e-12)
 
 
 def test_shape_mismatch_is_refused():

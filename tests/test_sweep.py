@@ -377,6 +377,8 @@ def test_four_config_sweep_places_by_type_retries_a_killed_worker_and_logs_child
     from raytrain8m.checkpoint import list_checkpoints, read_state
     from raytrain8m.sweep import plan_sweep, run_sweep
     from raytrain8m.sweep_records import TRAIN_DIR
+    from raytrain8m.holdout import SPLIT_JSON, load_split
+    from raytrain8m.sweep_records import SWEEP_JSON, scoring_data
     from raytrain8m.trainloop import CRASH_MARKER
     from raytrain8m.zoo import build_zoo, load_zoo
 
@@ -416,13 +418,60 @@ def test_four_config_sweep_places_by_type_retries_a_killed_worker_and_logs_child
         assert run.data.params["batch_size"] == str(planned[run.info.run_name].batch_size)
         assert "fp32_mib" in run.data.metrics and "gap" in run.data.metrics
 
-    zoo = build_zoo([t.run_dir for t in result.completed], spec.train.validate_data, result.out,
-                    parent_run_id=result.parent_run_id)
+    # The paper's split (auto: both of the fixture's 2 validate files held out, one to choose on,
+    # one to report on): no held-out file, and so no held-out video, reaches a training worker.
+    split = load_split(out / SPLIT_JSON)
+    assert split.holdout == 2 and split.separate
+    held = set(split.choose) | set(split.report)
+    worker_files = json.loads((out / SWEEP_JSON).read_text())["train"]["train_data"]  # every trial's workers'
+    assert worker_files == list(split.train) and not held & set(worker_files)
+    assert not _video_ids(worker_files) & _video_ids(sorted(held))
+    for trial in result.trials:  # each fit recorded the sweep's split, in its run dir and in MLflow
+        assert load_split(Path(trial.run_dir) / SPLIT_JSON) == split
+    assert {run.data.params["holdout_files"] for run in children} == {"2"}
+
+    # Every later stage reads that holdout: the zoo chooses on one half and reports on the other,
+    # scoring its checkpoints as Ray tasks at once; serially it gives the same letters and GAPs.
+    choose, report, described = scoring_data(out)
+    assert (choose, report) == (list(split.choose), list(split.report))
+    zoo = build_zoo([t.run_dir for t in result.completed], choose, result.out,
+                    parent_run_id=result.parent_run_id, report_data=report, split=described)
     assert len(zoo.models) + len(zoo.eliminated) == 4
     assert load_zoo(result.out / "zoo.json").table() == zoo.table()
+    assert (zoo.choose_data, zoo.report_data) == (choose, report) and "split: 2 held-out" in zoo.table()
+    assert all(entry.report_gap is not None for entry in zoo.models)
     assert (result.out / "pareto.png").is_file()
     artifacts = {a.path for a in tracking.client(mlflow_store).list_artifacts(result.parent_run_id, "zoo")}
     assert {"zoo/zoo.json", "zoo/pareto.png", "zoo/zoo.txt"} <= artifacts
+    serial = build_zoo([t.run_dir for t in result.completed], choose, tmp_path / "serial", report_data=report,
+                       split=described, parallel=False)
+
+    def scores(built):
+        return {entry.letter: (entry.name, entry.best_single_gap, entry.averaged_gap, entry.report_gap)
+                for entry in built.models}
+
+    assert scores(serial).keys() == scores(zoo).keys()
+    for letter, (name, *gaps) in scores(zoo).items():
+        assert scores(serial)[letter][0] == name
+        assert scores(serial)[letter][1:] == pytest.approx(gaps, abs=1e-6)
+    print(f"zoo scoring: parallel {zoo.timing}; serial {serial.timing}")
+    assert zoo.timing["evaluations"] == serial.timing["evaluations"] > 4
+    # each model's per-checkpoint holdout GAP is a curve over steps in its MLflow run
+    for run in children:
+        history = tracking.client(mlflow_store).get_metric_history(run.info.run_id, "holdout_gap")
+        assert sorted({point.step for point in history}) == [2, 4]  # (the serial zoo logged them again)
+    # the ensemble reads the zoo's holdout: chosen on one half, its report GAP on the other
+    from raytrain8m.ensemble import make_ensemble
+
+    letters = "".join(entry.letter for entry in zoo.models[:2])
+    ensemble = make_ensemble(letters, None, zoo_path=zoo.path, budget_mib=1e6, progress=False, track=False)
+    assert ensemble.validate_gap is not None and ensemble.report_gap is not None
+
+
+def _video_ids(paths) -> set[str]:
+    from raytrain8m.data.batches import iter_batches
+
+    return {str(i) for batch in iter_batches(list(paths), 64, num_classes=20) for i in batch["id"]}
 
 
 @pytest.mark.slow
