@@ -25,7 +25,7 @@ def test_a_holdout_larger_than_the_validate_set_or_not_a_number_is_refused():
 
 def test_split_trains_on_the_rest_chooses_on_one_half_reports_on_the_other(tmp_path):
     for name in [f"train{i}.tfrecord" for i in range(3)] + [f"validate{i}.tfrecord" for i in range(6)]:
-        (tmp_path / name).write_bytes(b"")
+        (tmp_path / name).write_bytes(b"x")  # listed, never read (empty files are refused)
     train, validate = str(tmp_path / "train*.tfrecord"), str(tmp_path / "validate*.tfrecord")
     split = make_split(train, validate, "4")
     assert split == make_split(train, validate, "4")  # seeded: the same files every run
