@@ -2,7 +2,11 @@
 
 `ray.data.read_tfrecords` parses only tf.train.Example and skips the CRCs, hence this
 FileBasedDatasource. Each read task streams one file and yields Arrow tables with the columns
-of raytrain8m.data.examples.FRAME_SCHEMA (or VIDEO_SCHEMA).
+of raytrain8m.data.examples.FRAME_SCHEMA (or VIDEO_SCHEMA), or with `layout="tensors"` the
+training step's own inputs as fixed-shape tensor columns: `frames` uint8 [max_frames, 1152],
+`num_frames` int32, `labels` uint8 multi-hot [V] (and `id` unless `ids=False`). Ray Data hands
+those to `iter_batches(batch_format="numpy")` as one contiguous ndarray per batch, where binary
+columns come as one Python bytes object per row (docs/design.md, stack facts).
 """
 from __future__ import annotations
 
@@ -13,9 +17,10 @@ import pyarrow as pa
 import ray
 from ray.data.datasource import FileBasedDatasource
 
+from raytrain8m.data.batches import to_step_inputs
 from raytrain8m.data.examples import FRAME_SCHEMA, VIDEO_SCHEMA, decode_records
 from raytrain8m.data.files import expand
-from raytrain8m.data.schema import MAX_FRAMES
+from raytrain8m.data.schema import MAX_FRAMES, DataError
 from raytrain8m.data.tfrecord import ReadStats, iter_framed
 
 log = logging.getLogger(__name__)
@@ -28,9 +33,15 @@ class YouTube8MDatasource(FileBasedDatasource):
 
     def __init__(self, paths: str | list[str], num_classes: int | None = None,
                  video_level: bool = False, skip_corrupt: bool = False,
-                 max_frames: int = MAX_FRAMES, records_per_block: int = 256, **file_based_args):
-        schema = VIDEO_SCHEMA if video_level else FRAME_SCHEMA
+                 max_frames: int = MAX_FRAMES, records_per_block: int = 256,
+                 layout: str = "rows", ids: bool = True, **file_based_args):
+        if layout not in LAYOUTS:
+            raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
+        if layout == "tensors" and (video_level or num_classes is None):
+            raise ValueError('layout="tensors" reads frame-level data and needs num_classes')
+        schema = None if layout == "tensors" else VIDEO_SCHEMA if video_level else FRAME_SCHEMA
         super().__init__(paths, schema=schema, **file_based_args)
+        self._layout, self._ids = layout, ids
         self._num_classes = num_classes
         self._video_level = video_level
         self._skip_corrupt = skip_corrupt
@@ -54,20 +65,40 @@ class YouTube8MDatasource(FileBasedDatasource):
     def _decode(self, chunk, path: str, stats: ReadStats) -> pa.Table:
         batch = decode_records(chunk, path, self._num_classes, self._max_frames,
                                self._video_level, self._skip_corrupt, stats)
-        return pa.Table.from_batches([batch])
+        if self._layout == "rows":
+            return pa.Table.from_batches([batch])
+        from ray.data.extensions import ArrowTensorArray
+
+        try:
+            frames, num_frames, labels = to_step_inputs(batch, self._num_classes, self._max_frames)
+        except DataError as error:
+            raise DataError(path, None, error.why) from error
+        columns = {"frames": ArrowTensorArray.from_numpy(frames), "num_frames": pa.array(num_frames),
+                   "labels": ArrowTensorArray.from_numpy(labels)}
+        if self._ids:
+            columns["id"] = batch.column("id")
+        return pa.table(columns)
+
+
+LAYOUTS = ("rows", "tensors")
 
 
 def read_dataset(glob_or_paths: str | Sequence[str], num_classes: int | None = None,
                  skip_corrupt: bool = False, video_level: bool = False,
                  max_frames: int = MAX_FRAMES, shuffle_files: bool = False,
-                 override_num_blocks: int | None = None, **file_based_args) -> ray.data.Dataset:
+                 override_num_blocks: int | None = None, layout: str = "rows",
+                 ids: bool = True, seed: int | None = None, **file_based_args) -> ray.data.Dataset:
     """A Ray Dataset of the videos in `glob_or_paths` (local, gs://, s3://, file:// or a
-    registered scheme); globs are expanded here so a glob matching nothing is a DataError."""
+    registered scheme); globs are expanded here so a glob matching nothing is a DataError.
+
+    `shuffle_files` with a `seed` shuffles the files anew at each execution (each epoch),
+    the same way for the same seed; `layout` and `ids` as the module says."""
     filesystem, paths = expand(glob_or_paths)
     if shuffle_files:
-        file_based_args.setdefault("shuffle", "files")
+        file_based_args.setdefault("shuffle", "files" if seed is None else ray.data.FileShuffleConfig(
+            seed=seed, reseed_after_execution=True))
     source = YouTube8MDatasource(paths, num_classes=num_classes, video_level=video_level,
-                                 skip_corrupt=skip_corrupt, max_frames=max_frames,
+                                 skip_corrupt=skip_corrupt, max_frames=max_frames, layout=layout, ids=ids,
                                  filesystem=filesystem, **file_based_args)
     return ray.data.read_datasource(source, override_num_blocks=override_num_blocks)
 
