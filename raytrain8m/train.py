@@ -50,6 +50,7 @@ class TrainConfig:
     log_every: int = 100          # progress line and MLflow loss every N steps
     shuffle_buffer: int = 512     # videos in each worker's local shuffle buffer; 0 = no row shuffle
     prefetch_batches: int = 2     # batches read ahead while the step runs; 0 = none
+    jit_compile: bool = False     # XLA-compile the model's forward and backward (bench/train_step.py)
     experiment: str = ""          # MLflow experiment; "" = MLFLOW_EXPERIMENT_NAME or raytrain8m
     run_name: str = ""            # "" = the model's name, e.g. K16-H256
     out: str = ""                 # "" = <RAYTRAIN8M_RUNS>/train

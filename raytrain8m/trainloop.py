@@ -92,12 +92,18 @@ def make_train_step(model, optimizer, strategy: tf.distribute.Strategy, config: 
             tf.TensorSpec([config.batch_size], tf.int32),
             tf.TensorSpec([config.batch_size, config.model.num_classes], tf.uint8))
 
-    def replica_step(frames, num_frames, labels):
-        frames, labels = dequantize_frames(frames), tf.cast(labels, tf.float32)
+    def loss_and_gradients(frames, num_frames, labels):
         with tf.GradientTape() as tape:
             loss = cross_entropy(model(frames, num_frames, training=True), labels) \
                 + model.regularization_loss(config.moe_l2)
-        gradients = tape.gradient(loss, trainable)
+        return loss, tape.gradient(loss, trainable)
+
+    if config.jit_compile:  # XLA for the model's forward and backward; the all-reduce stays outside
+        loss_and_gradients = tf.function(loss_and_gradients, jit_compile=True)
+
+    def replica_step(frames, num_frames, labels):
+        frames, labels = dequantize_frames(frames), tf.cast(labels, tf.float32)
+        loss, gradients = loss_and_gradients(frames, num_frames, labels)
         context = tf.distribute.get_replica_context()
         gradients = context.all_reduce(tf.distribute.ReduceOp.MEAN, gradients)
         gradients, _ = tf.clip_by_global_norm(gradients, config.clip_norm)
