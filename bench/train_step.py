@@ -119,7 +119,7 @@ def main() -> int:
     args = parser.parse_args()
     if args.smoke:
         args.model, args.classes, args.max_frames, args.iterations, args.batch_size = "K4-H16", 20, 30, 30, 16
-        args.warmup, args.steps, args.videos = 5, 40, 200
+        args.warmup, args.steps, args.videos = 5, 40, 1500  # windows within an epoch
     if args.steps % args.warmup:
         parser.error("--steps must be a multiple of --warmup (the Ray run reports one window each)")
     logging.basicConfig(level=logging.WARNING)
