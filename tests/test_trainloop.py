@@ -55,6 +55,28 @@ def test_prefetch_hands_over_tensors_in_order_and_reraises_the_readers_error():
     assert seen == [0, 1, 2, 3, 4]
 
 
+@pytest.mark.slow  # XLA compiles for about a minute on 2 busy cores
+def test_the_xla_step_trains_like_the_plain_one():
+    import tensorflow as tf
+
+    from raytrain8m.models import MODELS
+    from raytrain8m.trainloop import make_optimizer, make_train_step
+
+    rng = np.random.default_rng(0)
+    inputs = (rng.integers(0, 256, (8, 10, 1152), dtype=np.uint8), rng.integers(1, 11, 8).astype(np.int32),
+              (rng.random((8, CLASSES)) < 0.2).astype(np.uint8))
+    losses = []
+    for jit_compile in (False, True):
+        config = TrainConfig(model=TINY, batch_size=8, max_frames=10, learning_rate=1e-2, jit_compile=jit_compile)
+        model = MODELS["gated_netvlad"](TINY, seed=0)
+        optimizer = make_optimizer(config)
+        optimizer.build([variable for variable in model.variables.values() if variable.trainable])
+        step = make_train_step(model, optimizer, tf.distribute.get_strategy(), config)
+        losses.append([float(step(*inputs)) for _ in range(3)])
+    np.testing.assert_allclose(losses[1], losses[0], rtol=1e-4)
+    assert losses[0][2] < losses[0][0]
+
+
 # --- slow: processes of their own ------------------------------------------------------------
 
 def _free_port() -> int:
