@@ -17,10 +17,9 @@ import pyarrow as pa
 import ray
 from ray.data.datasource import FileBasedDatasource
 
-from raytrain8m.data.batches import to_step_inputs
-from raytrain8m.data.examples import FRAME_SCHEMA, VIDEO_SCHEMA, decode_records
+from raytrain8m.data.examples import FRAME_SCHEMA, VIDEO_SCHEMA, decode_rows, rows_to_batch, rows_to_step_arrays
 from raytrain8m.data.files import expand
-from raytrain8m.data.schema import MAX_FRAMES, DataError
+from raytrain8m.data.schema import MAX_FRAMES
 from raytrain8m.data.tfrecord import ReadStats, iter_framed
 
 log = logging.getLogger(__name__)
@@ -63,20 +62,17 @@ class YouTube8MDatasource(FileBasedDatasource):
                         stats.records)
 
     def _decode(self, chunk, path: str, stats: ReadStats) -> pa.Table:
-        batch = decode_records(chunk, path, self._num_classes, self._max_frames,
-                               self._video_level, self._skip_corrupt, stats)
+        rows = decode_rows(chunk, path, self._num_classes, self._max_frames, self._video_level,
+                           self._skip_corrupt, stats)
         if self._layout == "rows":
-            return pa.Table.from_batches([batch])
+            return pa.Table.from_batches([rows_to_batch(rows, self._video_level)])
         from ray.data.extensions import ArrowTensorArray
 
-        try:
-            frames, num_frames, labels = to_step_inputs(batch, self._num_classes, self._max_frames)
-        except DataError as error:
-            raise DataError(path, None, error.why) from error
+        frames, num_frames, labels = rows_to_step_arrays(rows, self._num_classes, self._max_frames)
         columns = {"frames": ArrowTensorArray.from_numpy(frames), "num_frames": pa.array(num_frames),
                    "labels": ArrowTensorArray.from_numpy(labels)}
         if self._ids:
-            columns["id"] = batch.column("id")
+            columns["id"] = pa.array([row["id"] for row in rows], pa.string())
         return pa.table(columns)
 
 
