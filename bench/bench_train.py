@@ -50,9 +50,9 @@ def bench_step(args: argparse.Namespace, model_name: str | None = None, batch_si
         optimizer.build([variable for variable in model.variables.values() if variable.trainable])
     step = make_train_step(model, optimizer, strategy, config)
     rng = np.random.default_rng(0)
-    frames = rng.uniform(-2, 2, (batch_size, args.max_frames, model_config.feature_size)).astype(np.float32)
+    frames = rng.integers(0, 256, (batch_size, args.max_frames, model_config.feature_size), dtype=np.uint8)
     num_frames = rng.integers(args.max_frames // 2, args.max_frames + 1, batch_size).astype(np.int32)
-    labels = (rng.random((batch_size, args.classes)) < 3 / args.classes).astype(np.float32)
+    labels = (rng.random((batch_size, args.classes)) < 3 / args.classes).astype(np.uint8)  # as the step takes them
     for _ in range(args.warmup):
         float(step(frames, num_frames, labels))
     start = time.perf_counter()

@@ -52,6 +52,9 @@ class TrainConfig:
     max_frames: int = 300
     max_failures: int = 3         # worker-group restarts from the latest checkpoint
     log_every: int = 100          # progress line and MLflow loss every N steps
+    shuffle_buffer: int = 512     # videos in each worker's local shuffle buffer; 0 = no row shuffle
+    prefetch_batches: int = 2     # batches read ahead while the step runs; 0 = none
+    jit_compile: bool = False     # XLA-compile the model's forward and backward (bench/train_step.py)
     experiment: str = ""          # MLflow experiment; "" = MLFLOW_EXPERIMENT_NAME or raytrain8m
     run_name: str = ""            # "" = the model's name, e.g. K16-H256
     out: str = ""                 # "" = <RAYTRAIN8M_RUNS>/train
@@ -69,7 +72,8 @@ class TrainConfig:
             value = getattr(self, field)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ConfigError(f"{field} must be a positive integer, got {value!r}")
-        for field in ("eval_every", "eval_batches", "max_failures", "crash_at_step"):
+        for field in ("eval_every", "eval_batches", "max_failures", "crash_at_step", "shuffle_buffer",
+                      "prefetch_batches"):
             if getattr(self, field) < 0:
                 raise ConfigError(f"{field} must be >= 0, got {getattr(self, field)!r}")
         for field in ("learning_rate", "decay_rate", "clip_norm"):
@@ -269,7 +273,7 @@ def _trainer(config: TrainConfig, resources_per_worker: Mapping[str, float] | No
              scaling_options: Mapping[str, Any] | None, skip_counter=None):
     """Ray (local unless RAY_ADDRESS says otherwise), the train dataset and the TensorflowTrainer."""
     import ray
-    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.tensorflow import TensorflowTrainer
 
     from raytrain8m.data import read_dataset
@@ -283,8 +287,12 @@ def _trainer(config: TrainConfig, resources_per_worker: Mapping[str, float] | No
     _init_ray(config)
     resources = dict(resources_per_worker) if resources_per_worker else None
     _check_cpus_left_for_data(config, resources, ray.cluster_resources().get("CPU", 0))
+    # The step's own inputs as tensor columns; files reshuffled each epoch, the same for a seed.
     dataset = read_dataset(config.train_data, num_classes=config.model.num_classes, max_frames=config.max_frames,
+                           layout="tensors", ids=False, shuffle_files=True, seed=config.seed,
                            skip_corrupt=config.skip_corrupt, skip_counter=skip_counter)
+    ingest = DataConfig.default_ingest_options()
+    ingest.preserve_order = True  # blocks in file order, not in the order read tasks finish
     dataset.context.enable_progress_bars = False  # rank 0's progress line is the one to read
     dataset.context.print_on_execution_start = False  # else two lines at every epoch
     return TensorflowTrainer(
@@ -294,6 +302,7 @@ def _trainer(config: TrainConfig, resources_per_worker: Mapping[str, float] | No
                                      resources_per_worker=resources,
                                      **dict(scaling_options or {})),
         datasets={"train": dataset},
+        dataset_config=DataConfig(execution_options=ingest),
         run_config=RunConfig(
             storage_path=config.out, name=config.run_name,
             failure_config=FailureConfig(max_failures=config.max_failures),

@@ -11,8 +11,10 @@ import logging
 import math
 import os
 import shutil
+import queue
 import signal
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -23,7 +25,9 @@ import tensorflow as tf
 
 from raytrain8m.checkpoint import (OPTIMIZER_PREFIX, check_same_model, is_checkpoint, list_checkpoints,
                                    load_checkpoint, read_state, save_checkpoint)
-from raytrain8m.data import DataError, to_model_inputs
+from raytrain8m.data import DataError
+from raytrain8m.data.batches import to_step_inputs
+from raytrain8m.data.schema import _QUANT_BIAS, _QUANT_SCALE
 from raytrain8m.errors import Raytrain8mError
 from raytrain8m.gpus import visible_gpus
 from raytrain8m.models import MODELS, cross_entropy
@@ -72,18 +76,35 @@ def make_optimizer(config: TrainConfig) -> keras.optimizers.Optimizer:
     return PreReducedAdam(learning_rate=schedule, name="adam")  # slots: optimizer/adam/<variable>_…
 
 
-def make_train_step(model, optimizer, strategy: tf.distribute.Strategy, config: TrainConfig):
-    """A compiled step over fixed shapes (frames padded to max_frames), so it never retraces."""
-    trainable = [variable for variable in model.variables.values() if variable.trainable]
-    spec = (tf.TensorSpec([config.batch_size, config.max_frames, config.model.feature_size], tf.float32),
-            tf.TensorSpec([config.batch_size], tf.int32),
-            tf.TensorSpec([config.batch_size, config.model.num_classes], tf.float32))
+def dequantize_frames(frames: tf.Tensor) -> tf.Tensor:
+    """uint8 frames -> float32, bit-exact with `raytrain8m.data.dequantize` (the starter's
+    formula in float32, a multiply then an add). Not for XLA: it fuses them into one FMA,
+    which differs in the last bit (checked); a 256-entry table gather is exact there too."""
+    return tf.cast(frames, tf.float32) * np.float32(_QUANT_SCALE) + np.float32(_QUANT_BIAS)
 
-    def replica_step(frames, num_frames, labels):
+
+def make_train_step(model, optimizer, strategy: tf.distribute.Strategy, config: TrainConfig):
+    """A compiled step over fixed shapes (frames padded to max_frames), so it never retraces.
+
+    It takes the quantized batch (`to_step_inputs`: uint8 frames and multi-hot labels, a
+    quarter of float32's bytes to copy to the device) and dequantizes inside the graph."""
+    trainable = [variable for variable in model.variables.values() if variable.trainable]
+    spec = (tf.TensorSpec([config.batch_size, config.max_frames, config.model.feature_size], tf.uint8),
+            tf.TensorSpec([config.batch_size], tf.int32),
+            tf.TensorSpec([config.batch_size, config.model.num_classes], tf.uint8))
+
+    def loss_and_gradients(frames, num_frames, labels):
         with tf.GradientTape() as tape:
             loss = cross_entropy(model(frames, num_frames, training=True), labels) \
                 + model.regularization_loss(config.moe_l2)
-        gradients = tape.gradient(loss, trainable)
+        return loss, tape.gradient(loss, trainable)
+
+    if config.jit_compile:  # XLA for the model's forward and backward; the all-reduce stays outside
+        loss_and_gradients = tf.function(loss_and_gradients, jit_compile=True)
+
+    def replica_step(frames, num_frames, labels):
+        frames, labels = dequantize_frames(frames), tf.cast(labels, tf.float32)
+        loss, gradients = loss_and_gradients(frames, num_frames, labels)
         context = tf.distribute.get_replica_context()
         gradients = context.all_reduce(tf.distribute.ReduceOp.MEAN, gradients)
         gradients, _ = tf.clip_by_global_norm(gradients, config.clip_norm)
@@ -152,14 +173,20 @@ def evaluate_snapshot(config: TrainConfig, tensors: dict[str, np.ndarray]) -> di
     return {names.get(key, key): float(value) for key, value in metrics.items() if isinstance(value, (int, float))}
 
 
-def batches(shard, config: TrainConfig) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Model inputs from this worker's shard, epoch after epoch, forever (the loop counts steps)."""
+def batches(shard, config: TrainConfig, rank: int = 0
+            ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Step inputs (`to_step_inputs`) from this worker's shard, epoch after epoch, forever (the
+    loop counts steps). Rows pass a local shuffle buffer seeded by (seed, rank, epoch); Ray Data
+    prefetches `prefetch_batches` batches while the step runs."""
     epoch = 0
     while True:
         produced = 0
-        for batch in shard.iter_batches(batch_size=config.batch_size, batch_format="numpy", drop_last=True):
-            frames, num_frames, labels = to_model_inputs(batch, config.model.num_classes, config.max_frames)
-            if labels is None:
+        shuffle = dict(local_shuffle_buffer_size=config.shuffle_buffer,
+                       local_shuffle_seed=(config.seed * 1000 + rank) * 1000 + epoch) if config.shuffle_buffer else {}
+        for batch in shard.iter_batches(batch_size=config.batch_size, batch_format="numpy", drop_last=True,
+                                        prefetch_batches=config.prefetch_batches, **shuffle):
+            frames, num_frames, labels = to_step_inputs(batch, config.model.num_classes, config.max_frames)
+            if not labels.any():
                 raise DataError(config.train_data, None, "training batch without labels (a test split?)")
             produced += 1
             yield frames, num_frames, labels
@@ -167,6 +194,49 @@ def batches(shard, config: TrainConfig) -> Iterator[tuple[np.ndarray, np.ndarray
             raise TrainingError(f"worker's train shard holds fewer than batch_size={config.batch_size} "
                                 f"videos (epoch {epoch}); use a smaller batch or fewer workers")
         epoch += 1
+
+
+def prefetch(source: Iterator[tuple], depth: int) -> Iterator[tuple]:
+    """`source`'s items as tensors, made `depth` ahead in a thread, so reading and converting a
+    batch overlap the step (TensorFlow releases the GIL inside ops); its errors are re-raised."""
+    if depth <= 0:
+        yield from source
+        return
+    ready: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in source:
+                item = tuple(tf.convert_to_tensor(part) for part in item)
+                while not stop.is_set():
+                    try:
+                        ready.put((item, None), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+        except BaseException as error:  # handed to the consumer, raised there
+            ready.put((None, error))
+
+    thread = threading.Thread(target=produce, name="raytrain8m-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item, error = ready.get()
+            if error is not None:
+                raise error
+            yield item
+    finally:
+        stop.set()
+
+
+def first_non_finite(losses: list) -> int | None:
+    """Index of the first non-finite loss of a window (read once, at a log step), or None."""
+    values = tf.stack(losses).numpy() if losses else np.zeros(0)
+    bad = np.flatnonzero(~np.isfinite(values))
+    return int(bad[0]) if len(bad) else None
 
 
 def _progress(step: int, config: TrainConfig, loss: float, rate: float, started_step: int,
@@ -325,25 +395,25 @@ def _train(config: TrainConfig) -> None:
                  strategy.num_replicas_in_sync, config.global_batch_size)
 
     train_step = make_train_step(model, optimizer, strategy, config)
-    data = batches(ray.train.get_dataset_shard("train"), config)
+    data = prefetch(batches(ray.train.get_dataset_shard("train"), config, rank), config.prefetch_batches)
     global_batch = config.global_batch_size
-    started, window_start, window_loss, window_steps = time.perf_counter(), time.perf_counter(), 0.0, 0
+    started, window_start, window_losses = time.perf_counter(), time.perf_counter(), []
     while step < config.max_steps:
         _maybe_crash(config, rank, step)
-        frames, num_frames, labels = next(data)
-        loss = float(train_step(frames, num_frames, labels))
+        window_losses.append(train_step(*next(data)))  # a tensor: read at log steps, not each step
         step += 1
-        if not math.isfinite(loss):
-            raise diverged(config, f"loss {loss}", step)
-        window_loss, window_steps = window_loss + loss, window_steps + 1
         last = step == config.max_steps
         do_checkpoint = step % config.checkpoint_every == 0 or last
         do_eval = bool(config.eval_every and step % config.eval_every == 0) or last
         if not (do_checkpoint or do_eval or step % config.log_every == 0):
             continue
+        bad = first_non_finite(window_losses)
+        if bad is not None:
+            raise diverged(config, f"loss {float(window_losses[bad])}", step - len(window_losses) + bad + 1)
         elapsed = time.perf_counter() - window_start
-        metrics = {"step": step, "examples": step * global_batch, "loss": window_loss / window_steps,
-                   "examples_per_sec": window_steps * global_batch / max(elapsed, 1e-9),
+        metrics = {"step": step, "examples": step * global_batch,
+                   "loss": float(tf.reduce_mean(tf.stack(window_losses))),
+                   "examples_per_sec": len(window_losses) * global_batch / max(elapsed, 1e-9),
                    "learning_rate": float(optimizer.learning_rate.numpy())}
         tensors = snapshot(model, optimizer) if do_checkpoint or do_eval else None
         if tensors is not None:
@@ -363,7 +433,7 @@ def _train(config: TrainConfig) -> None:
                      "optimizer_iterations": int(optimizer.iterations.numpy()), "metrics": metrics,
                      "train_config": config.to_dict()}
             _report(metrics, rank, step, config, tensors if do_checkpoint else None, state, logger)
-        window_start, window_loss, window_steps = time.perf_counter(), 0.0, 0
+        window_start, window_losses = time.perf_counter(), []
 
 
 def train_locally(config: TrainConfig) -> tuple[Any, list[float]]:
@@ -384,8 +454,7 @@ def train_locally(config: TrainConfig) -> tuple[Any, list[float]]:
         for batch in iter_batches(config.train_data, config.batch_size, num_classes=config.model.num_classes):
             if len(batch["num_frames"]) < config.batch_size or len(losses) == config.max_steps:
                 break
-            frames, num_frames, labels = to_model_inputs(batch, config.model.num_classes, config.max_frames)
-            losses.append(float(train_step(frames, num_frames, labels)))
+            losses.append(float(train_step(*to_step_inputs(batch, config.model.num_classes, config.max_frames))))
             produced += 1
         if not produced:
             raise TrainingError(f"{config.train_data}: fewer than batch_size={config.batch_size} videos")

@@ -322,3 +322,60 @@ def test_an_empty_tfrecord_is_a_data_error_naming_it(tmp_path):
     for pattern in (tmp_path / "train*.tfrecord", tmp_path / "train0000.tfrecord", tmp_path):
         with pytest.raises(DataError, match=r"train0000\.tfrecord: empty file \(0 bytes\)"):
             expand(str(pattern))
+
+
+def test_step_inputs_are_the_quantized_model_inputs_from_arrow_or_numpy_batches(synthetic_dir):
+    from raytrain8m.data.batches import iter_tables, to_step_inputs
+
+    glob = str(synthetic_dir / "train*.tfrecord")
+    table = next(iter_tables(glob, 32, num_classes=CLASSES))
+    batch = next(iter_batches(glob, 32, num_classes=CLASSES))
+    frames_, num_frames, labels = to_model_inputs(batch, CLASSES, max_frames=10)  # clips some videos
+    for source in (table, batch):
+        quantized, step_frames, multi_hot = to_step_inputs(source, CLASSES, max_frames=10)
+        assert quantized.dtype == np.uint8 and quantized.shape == (32, 10, FEATURE_SIZE)
+        np.testing.assert_array_equal(step_frames, num_frames)
+        valid = np.arange(10)[None, :] < num_frames[:, None]  # padding: 0.0 vs dequantize(0), never read
+        np.testing.assert_array_equal(dequantize(quantized)[valid], frames_[valid])
+        assert not quantized[~valid].any()
+        assert multi_hot.dtype == np.uint8
+        np.testing.assert_array_equal(multi_hot.astype(np.float32), labels)
+    with pytest.raises(DataError, match="video 0 of the batch: label outside \\[0, 3\\)"):
+        to_step_inputs(table, 3, max_frames=10)
+
+
+def test_ray_tensor_layout_hands_over_contiguous_step_inputs_equal_to_local_ones(ray_session, synthetic_dir):
+    from raytrain8m.data.batches import to_step_inputs
+    from raytrain8m.data.datasource import read_dataset
+
+    glob = str(synthetic_dir / "validate*.tfrecord")
+    rows = read_dataset(glob, num_classes=CLASSES, max_frames=12, layout="tensors").take_batch(
+        100, batch_format="numpy")
+    assert rows["frames"].dtype == np.uint8 and rows["frames"].shape == (24, 12, FEATURE_SIZE)
+    assert rows["frames"].flags.c_contiguous and rows["labels"].shape == (24, CLASSES)
+    local = next(iter_batches(glob, 100, num_classes=CLASSES))
+    order, local_order = np.argsort(rows["id"]), np.argsort(local["id"])
+    for ours, theirs in zip(to_step_inputs(local, CLASSES, 12), to_step_inputs(rows, CLASSES, 12)):
+        np.testing.assert_array_equal(ours[local_order], theirs[order])
+
+
+def test_shuffling_covers_every_record_once_per_epoch_the_same_way_for_a_seed(ray_session, synthetic_dir):
+    from raytrain8m.data.datasource import read_dataset
+
+    glob = [str(synthetic_dir / "train*.tfrecord"), str(synthetic_dir / "validate*.tfrecord")]
+    expected = sorted(i for b in iter_batches(glob, 64) for i in b["id"])
+
+    def epochs(seed: int, count: int = 2) -> list[list[str]]:
+        dataset = read_dataset(glob, num_classes=CLASSES, max_frames=12, layout="tensors",
+                               shuffle_files=True, seed=seed, records_per_block=16)
+        dataset.context.execution_options.preserve_order = True
+        return [[i for batch in dataset.iter_batches(batch_size=8, batch_format="numpy",
+                                                    local_shuffle_buffer_size=32,
+                                                    local_shuffle_seed=seed * 1000 + epoch)
+                 for i in batch["id"]] for epoch in range(count)]
+
+    first, second = epochs(seed=1)
+    assert sorted(first) == expected and sorted(second) == expected  # each record once an epoch
+    assert first != second                       # reshuffled between epochs
+    assert epochs(seed=1) == [first, second]     # the same seed, the same order
+    assert epochs(seed=2)[0] != first

@@ -133,3 +133,69 @@ def to_model_inputs(batch, num_classes: int, max_frames: int | None = None
                                                 f"outside [0, {num_classes})")
                 labels[i, row] = 1.0
     return frames, num_frames, labels
+
+
+def _binary_rows(column) -> list[np.ndarray]:
+    """Each row of a binary column as a uint8 view, from Arrow buffers when it is Arrow (no
+    Python bytes per row) or from an object array of bytes."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    if isinstance(column, pa.Array):
+        _, offsets, data = column.buffers()
+        offsets = np.frombuffer(offsets, np.int32)[column.offset:column.offset + len(column) + 1]
+        data = np.frombuffer(data, np.uint8) if data is not None else np.zeros(0, np.uint8)
+        return [data[start:end] for start, end in zip(offsets[:-1], offsets[1:])]
+    return [np.frombuffer(row, np.uint8) for row in column]
+
+
+def _dense_labels(column, num_classes: int) -> np.ndarray:
+    """A list column of label indices -> uint8 multi-hot [B, V], checked against `num_classes`."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    if isinstance(column, pa.Array):
+        lengths = column.value_lengths().fill_null(0).to_numpy(zero_copy_only=False)
+        values = column.flatten().to_numpy(zero_copy_only=False).astype(np.int64)
+    else:
+        rows = [np.asarray(row if row is not None else [], np.int64).reshape(-1) for row in column]
+        lengths = np.array([len(row) for row in rows], np.int64)
+        values = np.concatenate(rows) if rows else np.zeros(0, np.int64)
+    labels = np.zeros((len(lengths), num_classes), np.uint8)
+    if len(values) and (values.min() < 0 or values.max() >= num_classes):
+        video = int(np.repeat(np.arange(len(lengths)), lengths)[
+            np.flatnonzero((values < 0) | (values >= num_classes))[0]])
+        raise DataError(None, None, f"video {video} of the batch: label outside [0, {num_classes})")
+    labels[np.repeat(np.arange(len(lengths)), lengths), values] = 1
+    return labels
+
+
+def to_step_inputs(batch, num_classes: int, max_frames: int
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """What the training step takes, still quantized: (frames uint8 [B, max_frames, 1152]
+    rgb‖audio zero-padded, num_frames int32 [B], labels uint8 multi-hot [B, V]). Dequantizing
+    them gives exactly `to_model_inputs` in every frame the model reads (the padding is
+    dequantize(0), not 0.0: the model reads only the first num_frames). Batches already in this layout
+    (`read_dataset(..., layout="tensors")`) pass through."""
+    if isinstance(batch, (pa.Table, pa.RecordBatch)):
+        batch = {name: batch.column(name) for name in batch.column_names}
+    if "frames" in batch:
+        frames = np.asarray(batch["frames"])
+        if frames.dtype != np.uint8 or frames.shape[1:] != (max_frames, FEATURE_SIZE):
+            raise DataError(None, None, f"frames {frames.dtype} {frames.shape[1:]}, expected uint8 "
+                                        f"({max_frames}, {FEATURE_SIZE})")
+        return (frames, np.asarray(batch["num_frames"], np.int32),
+                np.asarray(batch["labels"], np.uint8))
+    if "rgb" not in batch:
+        raise DataError(None, None, f"a batch with columns {sorted(batch)}: not frame-level")
+    num_frames = np.asarray(_rows(batch["num_frames"]) if isinstance(batch["num_frames"], (
+        pa.Array, pa.ChunkedArray)) else batch["num_frames"], np.int32)
+    frames = np.zeros((len(num_frames), max_frames, FEATURE_SIZE), np.uint8)
+    for name, offset, size in (("rgb", 0, RGB_SIZE), ("audio", RGB_SIZE, AUDIO_SIZE)):
+        for i, (data, count) in enumerate(zip(_binary_rows(batch[name]), num_frames)):
+            if len(data) != count * size:
+                raise DataError(None, None, f"video {i} of the batch: {name} has {len(data)} "
+                                            f"bytes for {count} frames of {size}")
+            used = min(int(count), max_frames)
+            frames[i, :used, offset:offset + size] = data[:used * size].reshape(used, size)
+    labels = (_dense_labels(batch["labels"], num_classes) if "labels" in batch
+              else np.zeros((len(num_frames), num_classes), np.uint8))
+    return frames, np.minimum(num_frames, max_frames).astype(np.int32), labels

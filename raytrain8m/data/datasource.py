@@ -2,7 +2,11 @@
 
 `ray.data.read_tfrecords` parses only tf.train.Example and skips the CRCs, hence this
 FileBasedDatasource. Each read task streams one file and yields Arrow tables with the columns
-of raytrain8m.data.examples.FRAME_SCHEMA (or VIDEO_SCHEMA).
+of raytrain8m.data.examples.FRAME_SCHEMA (or VIDEO_SCHEMA), or with `layout="tensors"` the
+training step's own inputs as fixed-shape tensor columns: `frames` uint8 [max_frames, 1152],
+`num_frames` int32, `labels` uint8 multi-hot [V] (and `id` unless `ids=False`). Ray Data hands
+those to `iter_batches(batch_format="numpy")` as one contiguous ndarray per batch, where binary
+columns come as one Python bytes object per row (docs/design.md, stack facts).
 """
 from __future__ import annotations
 
@@ -13,7 +17,7 @@ import pyarrow as pa
 import ray
 from ray.data.datasource import FileBasedDatasource
 
-from raytrain8m.data.examples import FRAME_SCHEMA, VIDEO_SCHEMA, decode_records
+from raytrain8m.data.examples import FRAME_SCHEMA, VIDEO_SCHEMA, decode_rows, rows_to_batch, rows_to_step_arrays
 from raytrain8m.data.files import expand
 from raytrain8m.data.schema import MAX_FRAMES
 from raytrain8m.data.tfrecord import ReadStats, iter_framed
@@ -44,9 +48,14 @@ class YouTube8MDatasource(FileBasedDatasource):
     def __init__(self, paths: str | list[str], num_classes: int | None = None,
                  video_level: bool = False, skip_corrupt: bool = False,
                  max_frames: int = MAX_FRAMES, records_per_block: int = 256, skip_counter=None,
-                 **file_based_args):
-        schema = VIDEO_SCHEMA if video_level else FRAME_SCHEMA
+                 layout: str = "rows", ids: bool = True, **file_based_args):
+        if layout not in LAYOUTS:
+            raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
+        if layout == "tensors" and (video_level or num_classes is None):
+            raise ValueError('layout="tensors" reads frame-level data and needs num_classes')
+        schema = None if layout == "tensors" else VIDEO_SCHEMA if video_level else FRAME_SCHEMA
         super().__init__(paths, schema=schema, **file_based_args)
+        self._layout, self._ids = layout, ids
         self._num_classes = num_classes
         self._video_level = video_level
         self._skip_corrupt = skip_corrupt
@@ -71,25 +80,42 @@ class YouTube8MDatasource(FileBasedDatasource):
                 self._skip_counter.record.remote(path, stats.skipped)
 
     def _decode(self, chunk, path: str, stats: ReadStats) -> pa.Table:
-        batch = decode_records(chunk, path, self._num_classes, self._max_frames,
-                               self._video_level, self._skip_corrupt, stats)
-        return pa.Table.from_batches([batch])
+        rows = decode_rows(chunk, path, self._num_classes, self._max_frames, self._video_level,
+                           self._skip_corrupt, stats)
+        if self._layout == "rows":
+            return pa.Table.from_batches([rows_to_batch(rows, self._video_level)])
+        from ray.data.extensions import ArrowTensorArray
+
+        frames, num_frames, labels = rows_to_step_arrays(rows, self._num_classes, self._max_frames)
+        columns = {"frames": ArrowTensorArray.from_numpy(frames), "num_frames": pa.array(num_frames),
+                   "labels": ArrowTensorArray.from_numpy(labels)}
+        if self._ids:
+            columns["id"] = pa.array([row["id"] for row in rows], pa.string())
+        return pa.table(columns)
+
+
+LAYOUTS = ("rows", "tensors")
 
 
 def read_dataset(glob_or_paths: str | Sequence[str], num_classes: int | None = None,
                  skip_corrupt: bool = False, video_level: bool = False,
                  max_frames: int = MAX_FRAMES, shuffle_files: bool = False,
-                 override_num_blocks: int | None = None, skip_counter=None,
-                 **file_based_args) -> ray.data.Dataset:
+                 override_num_blocks: int | None = None, skip_counter=None, layout: str = "rows",
+                 ids: bool = True, seed: int | None = None, **file_based_args) -> ray.data.Dataset:
     """A Ray Dataset of the videos in `glob_or_paths` (local, gs://, s3://, file:// or a
     registered scheme); globs are expanded here so a glob matching nothing is a DataError.
-    With `skip_corrupt`, a `SkipCounter` actor as `skip_counter` collects what was left out."""
+
+    `shuffle_files` with a `seed` shuffles the files anew at each execution (each epoch),
+    the same way for the same seed; `layout` and `ids` as the module says. With
+    `skip_corrupt`, a `SkipCounter` actor as `skip_counter` collects what was left out."""
     filesystem, paths = expand(glob_or_paths)
     if shuffle_files:
-        file_based_args.setdefault("shuffle", "files")
+        file_based_args.setdefault("shuffle", "files" if seed is None else ray.data.FileShuffleConfig(
+            seed=seed, reseed_after_execution=True))
     source = YouTube8MDatasource(paths, num_classes=num_classes, video_level=video_level,
-                                 skip_corrupt=skip_corrupt, max_frames=max_frames,
-                                 skip_counter=skip_counter, filesystem=filesystem, **file_based_args)
+                                 skip_corrupt=skip_corrupt, max_frames=max_frames, layout=layout, ids=ids,
+                                 skip_counter=skip_counter,
+                                 filesystem=filesystem, **file_based_args)
     return ray.data.read_datasource(source, override_num_blocks=override_num_blocks)
 
 

@@ -241,12 +241,12 @@ def rows_to_batch(rows: list[dict], video_level: bool = False) -> pa.RecordBatch
     return pa.RecordBatch.from_arrays([columns[name] for name in schema.names], schema=schema)
 
 
-def decode_records(records: Sequence[tuple[int, bytes]], path: str | None = None,
-                   num_classes: int | None = None, max_frames: int = MAX_FRAMES,
-                   video_level: bool = False, skip_corrupt: bool = False,
-                   stats=None) -> pa.RecordBatch:
-    """(record index, bytes) pairs of one file -> one RecordBatch; bad records raise DataError
-    naming file and record, or with `skip_corrupt` are logged and counted in `stats.skipped`."""
+def decode_rows(records: Sequence[tuple[int, bytes]], path: str | None = None,
+                num_classes: int | None = None, max_frames: int = MAX_FRAMES,
+                video_level: bool = False, skip_corrupt: bool = False, stats=None) -> list[dict]:
+    """(record index, bytes) pairs of one file -> validated rows (frames as uint8 views or
+    bytes); bad records raise DataError naming file and record, or with `skip_corrupt` are
+    logged and counted in `stats.skipped`."""
     rows = []
     for index, record in records:
         try:
@@ -261,4 +261,30 @@ def decode_records(records: Sequence[tuple[int, bytes]], path: str | None = None
                 stats.skipped += 1
                 stats.records -= 1
             log.warning("skip_corrupt: %s; skipping this record", error)
-    return rows_to_batch(rows, video_level)
+    return rows
+
+
+def decode_records(records: Sequence[tuple[int, bytes]], path: str | None = None,
+                   num_classes: int | None = None, max_frames: int = MAX_FRAMES,
+                   video_level: bool = False, skip_corrupt: bool = False,
+                   stats=None) -> pa.RecordBatch:
+    """`decode_rows` as one RecordBatch with FRAME_SCHEMA or VIDEO_SCHEMA."""
+    return rows_to_batch(decode_rows(records, path, num_classes, max_frames, video_level,
+                                     skip_corrupt, stats), video_level)
+
+
+def rows_to_step_arrays(rows: list[dict], num_classes: int, max_frames: int
+                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Decoded frame-level rows -> (frames uint8 [n, max_frames, rgb+audio] zero-padded,
+    num_frames int32 [n], labels uint8 multi-hot [n, V]), each frame copied once."""
+    frames = np.zeros((len(rows), max_frames, RGB_SIZE + AUDIO_SIZE), np.uint8)
+    labels = np.zeros((len(rows), num_classes), np.uint8)
+    num_frames = np.zeros(len(rows), np.int32)
+    for i, row in enumerate(rows):
+        used = num_frames[i] = min(int(row["num_frames"]), max_frames)
+        for name, offset, size in (("rgb", 0, RGB_SIZE), ("audio", RGB_SIZE, AUDIO_SIZE)):
+            value = row[name]
+            value = value if isinstance(value, np.ndarray) else np.frombuffer(value, np.uint8)
+            frames[i, :used, offset:offset + size] = value.reshape(-1, size)[:used]
+        labels[i, row["labels"]] = 1
+    return frames, num_frames, labels

@@ -1,0 +1,153 @@
+"""Training step speed: the bare compiled step on random inputs, its MFU, and what a 1-worker Ray
+Train run (jobs/train.py's path: `fit` on official-format shards) keeps of it. Last line: one JSON.
+
+    python bench/train_step.py --smoke                                  # tiny model, ~1-2 min on 2 cores
+    python bench/train_step.py --model K16-H256 --classes 3862 --batch-size 80 --max-frames 300
+    python bench/train_step.py --model K32-H1024 --classes 3862 --batch-size 80 --no-ray   # MFU only
+    python bench/train_step.py --smoke --jit-compile                    # the step with XLA
+
+- `examples_per_s`: the bare step (the trainer's own `make_train_step` under a one-worker
+  MultiWorkerMirroredStrategy, random uint8 inputs already in memory), after `--warmup` steps.
+- `mfu`: 3 × forward FLOPs a video (`flops_per_video`, the model's own count) × examples/s ÷
+  this process's fp32 matmul rate (4096², the best of a few), the same machine, the same moment.
+- `ray_examples_per_s` and `ray_overhead_ratio`: a 1-worker `fit` on synthetic shards of the same
+  model, batch and frames; steady examples/s from its MLflow `examples_per_sec` windows after the
+  first (the warm-up), ÷ the bare step's.
+- `startup_s`: the run's wall time (from before `ray.init`) minus its steps at the steady rate.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def matmul_flops_per_s(size: int = 4096, repeats: int = 3) -> float:
+    import tensorflow as tf
+
+    a = tf.random.normal([size, size])
+    b = tf.random.normal([size, size])
+    matmul = tf.function(lambda x, y: tf.reduce_sum(tf.matmul(x, y)))
+    float(matmul(a, b))
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        float(matmul(a, b))
+        best = min(best, time.perf_counter() - start)
+    return 2 * size ** 3 / best
+
+
+def bare_step(config, args: argparse.Namespace) -> float:
+    """Steady examples/s of the trainer's compiled step on random quantized inputs."""
+    import numpy as np
+    import tensorflow as tf
+
+    from raytrain8m.models import MODELS
+    from raytrain8m.trainloop import make_optimizer, make_train_step
+
+    strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    with strategy.scope():
+        model = MODELS[config.model.model](config.model, seed=0)
+        optimizer = make_optimizer(config)
+        optimizer.build([variable for variable in model.variables.values() if variable.trainable])
+    step = make_train_step(model, optimizer, strategy, config)
+    rng = np.random.default_rng(0)
+    inputs = (tf.constant(rng.integers(0, 256, (config.batch_size, config.max_frames, 1152), dtype=np.uint8)),
+              tf.constant(rng.integers(config.max_frames // 2, config.max_frames + 1, config.batch_size)
+                          .astype(np.int32)),
+              tf.constant((rng.random((config.batch_size, config.model.num_classes)) < 3 / config.model.num_classes)
+                          .astype(np.uint8)))
+    for _ in range(args.warmup):
+        float(step(*inputs))
+    start = time.perf_counter()
+    losses = [step(*inputs) for _ in range(args.steps)]
+    float(losses[-1])
+    return args.steps * config.batch_size / (time.perf_counter() - start)
+
+
+def ray_run(config, args: argparse.Namespace, tmp: str) -> dict:
+    """A 1-worker `fit` on synthetic shards: steady examples/s and start-up seconds."""
+    import ray
+
+    from raytrain8m import tracking
+    from raytrain8m.data import generate
+    from raytrain8m.train import fit
+
+    data = Path(tmp) / "data"
+    generate(str(data), videos=max(args.videos, 2 * config.batch_size * 10 // 7 + 10), classes=config.model.num_classes,
+             max_frames=config.max_frames, shards=2, seed=0, progress=False)
+    steps = args.warmup + args.steps
+    config = config.replace(train_data=str(data / "train*.tfrecord"), validate_data=str(data / "validate*.tfrecord"),
+                            max_steps=steps, checkpoint_every=steps, eval_every=0, eval_batches=1,
+                            log_every=args.warmup, max_failures=0, out=str(Path(tmp) / "out"), run_name="bench",
+                            experiment="bench", tracking_uri=f"sqlite:///{tmp}/mlflow.db")
+    start = time.perf_counter()
+    ray.init(address="local", num_cpus=max(os.cpu_count() or 1, 2) + 1, include_dashboard=False)
+    try:
+        result = fit(config)
+        wall = time.perf_counter() - start
+        history = tracking.client(config.tracking_uri).get_metric_history(result.mlflow_run_id, "examples_per_sec")
+    finally:
+        ray.shutdown()
+    timed = [metric.value for metric in sorted(history, key=lambda m: m.step) if metric.step > args.warmup]
+    rate = len(timed) / sum(1 / value for value in timed)  # windows of equal steps: harmonic mean
+    return {"ray_examples_per_s": rate, "startup_s": wall - steps * config.batch_size / rate,
+            "ray_wall_s": wall, "ray_steps": steps}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="K16-H256")
+    parser.add_argument("--classes", type=int, default=3862)
+    parser.add_argument("--batch-size", type=int, default=80)
+    parser.add_argument("--max-frames", type=int, default=300)
+    parser.add_argument("--iterations", type=int, default=300)
+    parser.add_argument("--warmup", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=16, help="timed steps (the Ray run: a multiple of --warmup)")
+    parser.add_argument("--videos", type=int, default=400, help="synthetic videos for the Ray run")
+    parser.add_argument("--jit-compile", action="store_true", help="XLA-compile the step's forward and backward")
+    parser.add_argument("--no-ray", action="store_true", help="the bare step and MFU only")
+    parser.add_argument("--smoke", action="store_true", help="K4-H16, 20 classes, 30 frames, batch 16")
+    args = parser.parse_args()
+    if args.smoke:
+        args.model, args.classes, args.max_frames, args.iterations, args.batch_size = "K4-H16", 20, 30, 30, 16
+        args.warmup, args.steps, args.videos = 5, 40, 1500  # windows within an epoch
+    if args.steps % args.warmup:
+        parser.error("--steps must be a multiple of --warmup (the Ray run reports one window each)")
+    logging.basicConfig(level=logging.WARNING)
+    import tensorflow as tf
+
+    from raytrain8m.models import ModelConfig, flops_per_video
+    from raytrain8m.train import TrainConfig
+
+    model = ModelConfig.from_name(args.model, num_classes=args.classes, iterations=args.iterations)
+    changes = {"jit_compile": True} if args.jit_compile else {}
+    config = TrainConfig(model=model, batch_size=args.batch_size, max_frames=args.max_frames, **changes)
+    peak = matmul_flops_per_s()
+    examples_per_s = bare_step(config, args)
+    figures = {"model": model.name, "classes": args.classes, "batch_size": args.batch_size,
+               "max_frames": args.max_frames, "jit_compile": args.jit_compile,
+               "examples_per_s": examples_per_s, "matmul_gflops_per_s": peak / 1e9,
+               "mfu": 3 * flops_per_video(model) * examples_per_s / peak}
+    if not args.no_ray:
+        with tempfile.TemporaryDirectory() as tmp:
+            figures.update(ray_run(config, args, tmp))
+        figures["ray_overhead_ratio"] = figures["ray_examples_per_s"] / examples_per_s
+    figures.update(cpus=os.cpu_count(), load_average_1m=os.getloadavg()[0],
+                   devices=[device.name for device in tf.config.list_logical_devices()])
+    for key, value in figures.items():
+        print(f"{key:>22}: {value:.3f}" if isinstance(value, float) else f"{key:>22}: {value}")
+    print(json.dumps(figures))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
