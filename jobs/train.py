@@ -66,7 +66,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="continue OUT/RUN_NAME from its latest checkpoint (required if it has any)")
     parser.add_argument("--smoke", action="store_true",
                         help="a tiny model on synthetic data (generated under RAYTRAIN8M_DATA/smoke)")
-    _add_fields(parser, ModelConfig, {"model", "fp16", "rgb_size", "audio_size"})
+    _add_fields(parser, ModelConfig, {"model", "fp16", "int8", "rgb_size", "audio_size"})
     _add_fields(parser, TrainConfig, NOT_FLAGS)
     return parser.parse_args(argv)
 

@@ -131,8 +131,8 @@ def run_demo(scale_name: str = "default", data_root: str | Path = "data", runs_r
                     parent_run_id=result.parent_run_id)
     mark = lap("zoo (evaluate + average checkpoints)", mark)
 
-    compression = [dataclasses.asdict(compress_checkpoint(entry.checkpoint, out / "fp16" / entry.name,
-                                                          validate_data=validate_glob))
+    compression = [compress_checkpoint(entry.checkpoint, out / "fp16" / entry.name,
+                                       validate_data=validate_glob).to_dict()
                    for entry in zoo.models]
     mark = lap("fp16", mark)
 

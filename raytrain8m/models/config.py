@@ -11,6 +11,8 @@ from raytrain8m.errors import ConfigError
 MODEL_JSON = "model.json"
 _NAME = re.compile(r"^K(\d+)-H(\d+)$")
 
+INT8_SCHEMES = ("affine", "codebook")  # how 8-bit weights dequantize (models/storage.py)
+
 # The four tensors the paper stores in float16 (about 98% of a model's size).
 BIG_TENSORS = (
     "tower/hidden1_weights",
@@ -41,6 +43,7 @@ class ModelConfig:
     rgb_size: int = 1024
     audio_size: int = 128
     fp16: bool = False
+    int8: str = ""  # "" (off), "affine" or "codebook": big weights as uint8 codes (models/storage.py)
     model: str = "gated_netvlad"
 
     def __post_init__(self) -> None:
@@ -49,6 +52,8 @@ class ModelConfig:
             value = getattr(self, field)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ConfigError(f"{field} must be a positive integer, got {value!r}")
+        if self.int8 and self.int8 not in INT8_SCHEMES:
+            raise ConfigError(f"int8 must be one of {', '.join(INT8_SCHEMES)} (or empty), got {self.int8!r}")
         if self.cluster_size < 2:
             raise ConfigError(f"cluster_size must be >= 2 (audio uses cluster_size // 2), "
                               f"got {self.cluster_size}")

@@ -14,6 +14,7 @@ from typing import Callable, Mapping
 import numpy as np
 import tensorflow as tf
 
+from raytrain8m.models import storage
 from raytrain8m.models.config import BIG_TENSORS, ModelConfig
 
 BN_DECAY = 0.999  # slim.batch_norm defaults, as in the WILLOW code the paper reuses
@@ -82,9 +83,12 @@ def num_parameters(config: ModelConfig) -> int:
 
 
 def size_mib(config: ModelConfig, fp16: bool | None = None) -> float:
-    """Bytes of all variables (moving statistics included) in MiB (docs/design.md, size accounting)."""
+    """Bytes of all stored variables (moving statistics included) in MiB (docs/design.md, size
+    accounting); int8 configs count their codes, scales and offsets (or codebooks)."""
     sized = config if fp16 is None else config.replace(fp16=fp16)
-    return sum(spec.size * storage_dtype(sized, spec.name).size
+    return sum(storage.quantized_bytes(sized.int8, spec.name, spec.shape)
+               if storage.is_quantized(sized, spec.name, spec.shape)
+               else spec.size * storage_dtype(sized, spec.name).size
                for spec in variable_specs(sized)) / 2**20
 
 
@@ -124,6 +128,9 @@ def create_variables(config: ModelConfig, seed: int = 0, prefix: str = "",
     """
     variables = {}
     for index, spec in enumerate(variable_specs(config)):
+        if storage.is_quantized(config, spec.name, spec.shape):  # int8: filled by loading only
+            variables.update(storage.quantized_variables(config, spec.name, spec.shape, prefix))
+            continue
         dtype = storage_dtype(config, spec.name)
         initial = tf.zeros(spec.shape, dtype) if zeros else _initial_value(spec, seed * 1000 + index, dtype)
         extra = {}
@@ -158,8 +165,7 @@ class GatedNetVLAD:
         self.variables = variables
 
     def _get(self, name: str) -> tf.Tensor:
-        value = self.variables[name]
-        return tf.cast(value, tf.float32) if value.dtype != tf.float32 else value
+        return storage.read_weight(self.variables, name)
 
     def _batch_norm(self, prefix: str, x: tf.Tensor, training: bool) -> tf.Tensor:
         beta, gamma = self._get(f"{prefix}/beta"), self._get(f"{prefix}/gamma")
