@@ -48,6 +48,7 @@ class TrainConfig:
     max_frames: int = 300
     max_failures: int = 3         # worker-group restarts from the latest checkpoint
     log_every: int = 100          # progress line and MLflow loss every N steps
+    ema_decay: float = 0.0        # > 0: keep a moving average of the weights (saved as ema/… in checkpoints)
     experiment: str = ""          # MLflow experiment; "" = MLFLOW_EXPERIMENT_NAME or raytrain8m
     run_name: str = ""            # "" = the model's name, e.g. K16-H256
     out: str = ""                 # "" = <RAYTRAIN8M_RUNS>/train
@@ -71,6 +72,8 @@ class TrainConfig:
         for field in ("learning_rate", "decay_rate", "clip_norm"):
             if not getattr(self, field) > 0:
                 raise ConfigError(f"{field} must be > 0, got {getattr(self, field)!r}")
+        if not 0 <= self.ema_decay < 1:
+            raise ConfigError(f"ema_decay must be in [0, 1) (0 = off), got {self.ema_decay!r}")
         if self.moe_l2 < 0:
             raise ConfigError(f"moe_l2 must be >= 0, got {self.moe_l2!r}")
 
@@ -115,7 +118,7 @@ class TrainConfig:
                 "clip_norm": self.clip_norm, "moe_l2": self.moe_l2, "max_steps": self.max_steps,
                 "checkpoint_every": self.checkpoint_every, "eval_every": self.eval_every,
                 "num_workers": self.num_workers, "use_gpu": self.use_gpu, "seed": self.seed,
-                "max_frames": self.max_frames, "train_data": self.train_data,
+                "max_frames": self.max_frames, "ema_decay": self.ema_decay, "train_data": self.train_data,
                 "validate_data": self.validate_data}
 
 

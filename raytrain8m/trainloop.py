@@ -21,7 +21,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from raytrain8m.checkpoint import OPTIMIZER_PREFIX, check_same_model, load_checkpoint, save_checkpoint
+from raytrain8m.checkpoint import EMA_PREFIX, OPTIMIZER_PREFIX, check_same_model, load_checkpoint, save_checkpoint
 from raytrain8m.data import DataError, to_model_inputs
 from raytrain8m.errors import Raytrain8mError
 from raytrain8m.gpus import visible_gpus
@@ -71,8 +71,29 @@ def make_optimizer(config: TrainConfig) -> keras.optimizers.Optimizer:
     return PreReducedAdam(learning_rate=schedule, name="adam")  # slots: optimizer/adam/<variable>_…
 
 
-def make_train_step(model, optimizer, strategy: tf.distribute.Strategy, config: TrainConfig):
-    """A compiled step over fixed shapes (frames padded to max_frames), so it never retraces."""
+def make_ema(model, config: TrainConfig) -> dict[str, tf.Variable]:
+    """A moving average of each trainable weight (none when `ema_decay` is 0), starting from the
+    weights. ON_READ/MEAN as the batch-norm statistics: each replica averages its own copy of the
+    (identical) weights, and reading gives the mean."""
+    if not config.ema_decay:
+        return {}
+    return {name: tf.Variable(tf.convert_to_tensor(variable), name=EMA_PREFIX + name, trainable=False,
+                              synchronization=tf.VariableSynchronization.ON_READ,
+                              aggregation=tf.VariableAggregation.MEAN)
+            for name, variable in model.variables.items() if variable.trainable}
+
+
+def ema_decay_at(decay: float, step: tf.Tensor) -> tf.Tensor:
+    """min(decay, (1 + step) / (10 + step)): early steps move the average faster (as
+    tf.train.ExponentialMovingAverage with num_updates), so it forgets the random start."""
+    step = tf.cast(step, tf.float32)
+    return tf.minimum(tf.constant(decay, tf.float32), (1 + step) / (10 + step))
+
+
+def make_train_step(model, optimizer, strategy: tf.distribute.Strategy, config: TrainConfig,
+                    ema: dict[str, tf.Variable] | None = None):
+    """A compiled step over fixed shapes (frames padded to max_frames), so it never retraces;
+    with `ema` (see `make_ema`), the moving averages follow the weights after each update."""
     trainable = [variable for variable in model.variables.values() if variable.trainable]
     spec = (tf.TensorSpec([config.batch_size, config.max_frames, config.model.feature_size], tf.float32),
             tf.TensorSpec([config.batch_size], tf.int32),
@@ -87,6 +108,10 @@ def make_train_step(model, optimizer, strategy: tf.distribute.Strategy, config: 
         gradients = context.all_reduce(tf.distribute.ReduceOp.MEAN, gradients)
         gradients, _ = tf.clip_by_global_norm(gradients, config.clip_norm)
         optimizer.apply_gradients(zip(gradients, trainable))
+        if ema:
+            decay = ema_decay_at(config.ema_decay, optimizer.iterations)
+            for name, average in ema.items():
+                average.assign(average * decay + model.variables[name] * (1 - decay))
         return loss
 
     @tf.function(input_signature=spec)
@@ -102,9 +127,10 @@ def optimizer_tensors(optimizer: keras.optimizers.Optimizer) -> dict[str, tf.Var
     return {OPTIMIZER_PREFIX + variable.path: variable for variable in optimizer.variables}
 
 
-def snapshot(model, optimizer) -> dict[str, np.ndarray]:
+def snapshot(model, optimizer, ema: dict[str, tf.Variable] | None = None) -> dict[str, np.ndarray]:
     """Every variable as numpy. All workers call this at the same step: it reduces ON_READ ones."""
     tensors = {name: variable.numpy() for name, variable in sorted(model.variables.items())}
+    tensors.update({EMA_PREFIX + name: variable.numpy() for name, variable in sorted((ema or {}).items())})
     tensors.update({name: np.asarray(variable.numpy()) for name, variable in optimizer_tensors(optimizer).items()})
     return tensors
 
@@ -125,8 +151,11 @@ def check_finite(tensors: dict[str, np.ndarray], config: TrainConfig, step: int)
         raise diverged(config, f"weights ({', '.join(bad[:3])}{', …' if len(bad) > 3 else ''})", step)
 
 
-def restore(model, optimizer, config: TrainConfig, directory: str) -> dict[str, Any]:
-    """Load weights and optimizer state from a checkpoint of the same model; return its state."""
+def restore(model, optimizer, config: TrainConfig, directory: str,
+            ema: dict[str, tf.Variable] | None = None) -> dict[str, Any]:
+    """Load weights, optimizer state and moving averages from a checkpoint of the same model;
+    return its state. A checkpoint without averages (`--ema-decay` turned on later) starts
+    them from its weights."""
     check_same_model(directory, config.model)
     checkpoint = load_checkpoint(directory)
     targets = {**model.variables, **optimizer_tensors(optimizer)}
@@ -135,6 +164,8 @@ def restore(model, optimizer, config: TrainConfig, directory: str) -> dict[str, 
         raise TrainingError(f"{directory}: checkpoint lacks {len(missing)} variables, e.g. {missing[:3]}")
     for name, variable in targets.items():
         variable.assign(tf.cast(checkpoint.tensors[name], variable.dtype))
+    for name, average in (ema or {}).items():
+        average.assign(checkpoint.tensors.get(EMA_PREFIX + name, checkpoint.tensors[name]))
     return checkpoint.state
 
 
@@ -262,11 +293,12 @@ def train_loop_per_worker(config: dict) -> None:
         model = MODELS[config.model.model](config.model, seed=config.seed)
         optimizer = make_optimizer(config)
         optimizer.build([variable for variable in model.variables.values() if variable.trainable])
+        ema = make_ema(model, config)
     state: dict[str, Any] = {}
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
-            state = restore(model, optimizer, config, directory)
+            state = restore(model, optimizer, config, directory, ema)
     step = int(state.get("step", 0))
     if int(optimizer.iterations.numpy()) != step:
         raise TrainingError(f"optimizer step {int(optimizer.iterations.numpy())} != checkpoint step {step}")
@@ -280,7 +312,7 @@ def train_loop_per_worker(config: dict) -> None:
                  "resuming" if step else "starting", config.model.name, step, config.max_steps,
                  strategy.num_replicas_in_sync, config.global_batch_size)
 
-    train_step = make_train_step(model, optimizer, strategy, config)
+    train_step = make_train_step(model, optimizer, strategy, config, ema)
     data = batches(ray.train.get_dataset_shard("train"), config)
     global_batch = config.global_batch_size
     started, window_start, window_loss, window_steps = time.perf_counter(), time.perf_counter(), 0.0, 0
@@ -301,13 +333,16 @@ def train_loop_per_worker(config: dict) -> None:
         metrics = {"step": step, "examples": step * global_batch, "loss": window_loss / window_steps,
                    "examples_per_sec": window_steps * global_batch / max(elapsed, 1e-9),
                    "learning_rate": float(optimizer.learning_rate.numpy())}
-        tensors = snapshot(model, optimizer) if do_checkpoint or do_eval else None
+        tensors = snapshot(model, optimizer, ema) if do_checkpoint or do_eval else None
         if tensors is not None:
             check_finite(tensors, config, step)  # every worker holds the same values: all raise
         if rank == 0:
             log.info(_progress(step, config, metrics["loss"], metrics["examples_per_sec"], resumed_from, started))
             if do_eval:
                 metrics.update(evaluate_snapshot(config, tensors))
+                if ema:
+                    averaged = {name: tensors.get(EMA_PREFIX + name, value) for name, value in tensors.items()}
+                    metrics["ema_gap"] = evaluate_snapshot(config, averaged)["gap"]
                 log.info("step %d  validate gap %.4f  hit@1 %.4f  perr %.4f", step, metrics["gap"],
                          metrics["hit_at_one"], metrics["perr"])
             if logger is not None:

@@ -70,6 +70,38 @@ def test_train_flags_derive_from_the_configs():
         job.parse_args(["--no-such-flag"])
 
 
+def test_the_weights_moving_average_follows_each_update_with_a_warm_up_decay():
+    import numpy as np
+    import tensorflow as tf
+
+    from raytrain8m.models import MODELS
+    from raytrain8m.trainloop import make_ema, make_optimizer, make_train_step, snapshot
+
+    config = TrainConfig(model=TINY, batch_size=4, max_frames=6, learning_rate=1e-2, ema_decay=0.5)
+    assert make_ema(MODELS["gated_netvlad"](TINY), config.replace(ema_decay=0.0)) == {}
+    model = MODELS["gated_netvlad"](TINY, seed=3)
+    optimizer = make_optimizer(config)
+    trainable = [variable for variable in model.variables.values() if variable.trainable]
+    optimizer.build(trainable)
+    ema = make_ema(model, config)
+    assert set(ema) == {name for name, variable in model.variables.items() if variable.trainable}
+    step = make_train_step(model, optimizer, tf.distribute.get_strategy(), config, ema)
+    rng = np.random.default_rng(0)
+    expected = {name: variable.numpy() for name, variable in ema.items()}
+    for index in range(1, 4):
+        step(rng.uniform(-2, 2, (4, 6, 1152)).astype(np.float32), np.full(4, 6, np.int32),
+             (rng.random((4, 20)) < 0.2).astype(np.float32))
+        decay = min(0.5, (1 + index) / (10 + index))  # 0.18, 0.25, 0.31: the warm-up decides here
+        for name in expected:
+            expected[name] = decay * expected[name] + (1 - decay) * model.variables[name].numpy()
+    for name, value in expected.items():
+        np.testing.assert_allclose(ema[name].numpy(), value, rtol=1e-5, atol=1e-6)
+    tensors = snapshot(model, optimizer, ema)
+    assert all(f"ema/{name}" in tensors for name in ema)
+    with pytest.raises(ConfigError, match="ema_decay"):
+        TrainConfig(ema_decay=1.0)
+
+
 # --- slow: one shared 2-worker run on synthetic data -----------------------------------------
 
 @pytest.fixture(scope="module")
@@ -94,12 +126,13 @@ def _config(data: Path, out: Path, **changes) -> TrainConfig:
 
 @pytest.fixture(scope="module")
 def trained(netvlad_data, tmp_path_factory, ray_session):
-    """2 workers, 20 steps, a checkpoint every 5; worker 1 is SIGKILLed once at step 7."""
+    """2 workers, 20 steps, a checkpoint every 5, a moving average of the weights; worker 1 is
+    SIGKILLed once at step 7."""
     from raytrain8m.train import fit
 
     out = tmp_path_factory.mktemp("train")
     # Data given relative to the driver's directory, as a user types it; workers run elsewhere.
-    config = _config(Path(netvlad_data.name), out, crash_at_step=CRASH_AT)
+    config = _config(Path(netvlad_data.name), out, crash_at_step=CRASH_AT, ema_decay=0.9)
     here = os.getcwd()
     os.chdir(netvlad_data.parent)
     try:
@@ -123,6 +156,22 @@ def test_worker_killed_mid_run_resumes_from_checkpoint_to_max_steps(trained):
     assert checkpoint.config == TINY
     assert any(name.startswith("optimizer/") for name in checkpoint.tensors)
     assert int(checkpoint.tensors["optimizer/adam/iteration"]) == STEPS
+
+
+@pytest.mark.slow
+def test_every_checkpoint_keeps_the_weights_moving_average_beside_the_weights(trained):
+    import numpy as np
+
+    for path in trained.checkpoints:
+        checkpoint = load_checkpoint(path)
+        averaged = checkpoint.ema_weights
+        assert averaged is not None and set(averaged) == set(checkpoint.weights)
+        assert not any(name.startswith("ema/") for name in checkpoint.weights)
+        assert np.isfinite(averaged["tower/hidden1_weights"]).all()
+        assert not np.allclose(averaged["tower/hidden1_weights"], checkpoint.weights["tower/hidden1_weights"])
+        np.testing.assert_array_equal(averaged["tower/gating_bn/moving_mean"],  # statistics as trained
+                                      checkpoint.weights["tower/gating_bn/moving_mean"])
+    assert 0 < trained.metrics["ema_gap"] <= 1
 
 
 @pytest.mark.slow
