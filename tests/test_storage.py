@@ -152,3 +152,22 @@ def test_the_starters_inference_path_runs_an_int8_export_and_matches_the_infer_c
         expected = np.argsort(-scores, kind="stable")[:20]
         assert sorted(labels) == sorted(expected.tolist())
         np.testing.assert_allclose(confidences, scores[labels], atol=2e-6)
+
+
+def test_a_budget_too_small_for_fp16_members_holds_them_at_int8(members, tmp_path):
+    from raytrain8m.ensemble import make_ensemble
+    from raytrain8m.errors import BudgetError
+
+    spec = ",".join(str(path) for path in members)
+    int8_mib = sum(member_from_checkpoint(path, precision="int8").stored_mib for path in members)
+    fp16_mib = sum(member_from_checkpoint(path).stored_mib for path in members)
+    budget = (int8_mib + fp16_mib) / 2
+    with pytest.raises(BudgetError, match="over the budget"):
+        make_ensemble(spec, None, budget_mib=budget, track=False)
+    assert load_job("ensemble").main(["--members", spec, "--budget", str(budget), "--precision", "int8",
+                                      "--out", str(tmp_path / "export"), "--no-track"]) == 0
+    summary = json.loads((tmp_path / "export" / "ensemble.json").read_text())
+    assert summary["size_mib"] == pytest.approx(int8_mib, abs=1e-3) and summary["size_mib"] <= budget
+    assert [m["precision"] for m in summary["members"]] == ["int8", "int8"]
+    with pytest.raises(ConfigError, match="precision"):
+        member_from_checkpoint(members[0], precision="int4")
