@@ -57,7 +57,13 @@ def _add_fields(parser: argparse.ArgumentParser, cls: type, skip: set[str]) -> N
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    return build_parser().parse_args(argv)
+
+
+def build_parser(description: str | None = None) -> argparse.ArgumentParser:
+    """The training flags (jobs/distill.py adds its own to them)."""
+    parser = argparse.ArgumentParser(description=description or __doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", dest="model_name", help="K<cluster>-H<hidden>, e.g. K32-H1024 "
                         f"(default: {ModelConfig().name}); or --cluster-size/--hidden-size")
     parser.add_argument("--model-type", dest="model", default=None,
@@ -68,7 +74,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="a tiny model on synthetic data (generated under RAYTRAIN8M_DATA/smoke)")
     _add_fields(parser, ModelConfig, {"model", "fp16", "int8", "rgb_size", "audio_size"})
     _add_fields(parser, TrainConfig, NOT_FLAGS)
-    return parser.parse_args(argv)
+    return parser
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -113,7 +119,11 @@ def _check_resume(config: TrainConfig, resume: bool) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
+    return run(parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> int:
+    """Train (or resume) what the parsed flags say; print the result as JSON."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         config = config_from_args(args)

@@ -151,6 +151,26 @@ def check_finite(tensors: dict[str, np.ndarray], config: TrainConfig, step: int)
         raise diverged(config, f"weights ({', '.join(bad[:3])}{', …' if len(bad) > 3 else ''})", step)
 
 
+def load_teacher(config: TrainConfig):
+    """The teacher's predictions as a function of (frames, num_frames), or None without one.
+    Online: the export's SavedModel runs in the worker beside the student, nothing is stored."""
+    if not config.teacher:
+        return None
+    serve = tf.saved_model.load(str(Path(config.teacher) / "saved_model")).signatures["serving_default"]
+    return lambda frames, num_frames: serve(frames=tf.constant(frames, tf.float32),
+                                            num_frames=tf.constant(num_frames, tf.int32))["predictions"].numpy()
+
+
+def distill_targets(teacher, config: TrainConfig, frames: np.ndarray, num_frames: np.ndarray,
+                    labels: np.ndarray) -> np.ndarray:
+    """λ · teacher probabilities + (1 − λ) · labels. The cross-entropy is linear in its target, so
+    this equals λ · soft-target cross-entropy + (1 − λ) · label loss with one loss term."""
+    if teacher is None:
+        return labels
+    soft = np.asarray(teacher(frames, num_frames), np.float32)
+    return (config.distill_lambda * soft + (1 - config.distill_lambda) * labels).astype(np.float32)
+
+
 def restore(model, optimizer, config: TrainConfig, directory: str,
             ema: dict[str, tf.Variable] | None = None) -> dict[str, Any]:
     """Load weights, optimizer state and moving averages from a checkpoint of the same model;
@@ -314,11 +334,13 @@ def train_loop_per_worker(config: dict) -> None:
 
     train_step = make_train_step(model, optimizer, strategy, config, ema)
     data = batches(ray.train.get_dataset_shard("train"), config)
+    teacher = load_teacher(config)
     global_batch = config.global_batch_size
     started, window_start, window_loss, window_steps = time.perf_counter(), time.perf_counter(), 0.0, 0
     while step < config.max_steps:
         _maybe_crash(config, rank, step)
         frames, num_frames, labels = next(data)
+        labels = distill_targets(teacher, config, frames, num_frames, labels)
         loss = float(train_step(frames, num_frames, labels))
         step += 1
         if not math.isfinite(loss):
@@ -369,6 +391,7 @@ def train_locally(config: TrainConfig) -> tuple[Any, list[float]]:
     optimizer = make_optimizer(config)
     optimizer.build([variable for variable in model.variables.values() if variable.trainable])
     train_step = make_train_step(model, optimizer, strategy, config)
+    teacher = load_teacher(config)
     losses: list[float] = []
     while len(losses) < config.max_steps:
         produced = 0
@@ -376,6 +399,7 @@ def train_locally(config: TrainConfig) -> tuple[Any, list[float]]:
             if len(batch["num_frames"]) < config.batch_size or len(losses) == config.max_steps:
                 break
             frames, num_frames, labels = to_model_inputs(batch, config.model.num_classes, config.max_frames)
+            labels = distill_targets(teacher, config, frames, num_frames, labels)
             losses.append(float(train_step(frames, num_frames, labels)))
             produced += 1
         if not produced:

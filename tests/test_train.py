@@ -283,3 +283,36 @@ def test_bad_train_flags_fail_plainly(netvlad_data, tmp_path):
         errors = [line for line in stderr.splitlines() if line.startswith("error: ")]
         assert len(errors) == 1 and message in errors[0], stderr[-2000:]
         assert "Traceback" not in stderr
+
+
+def test_a_teacher_export_sets_the_students_targets_and_a_wrong_one_is_refused(synthetic_dir, tmp_path):
+    import numpy as np
+
+    from _ensemble_helpers import random_checkpoint, tiny_config
+    from raytrain8m.ensemble import member_from_checkpoint
+    from raytrain8m.evaluate import load_predictor
+    from raytrain8m.export import export_ensemble
+    from raytrain8m.train import check_inputs
+    from raytrain8m.trainloop import distill_targets, load_teacher
+
+    member = random_checkpoint(tmp_path / "member", tiny_config(4, 16), seed=1, step=1)
+    export = export_ensemble([member_from_checkpoint(member, precision="fp16")], [1.0], tmp_path / "teacher")
+    config = TrainConfig(model=TINY, train_data=str(synthetic_dir / "train*.tfrecord"), batch_size=4,
+                         eval_every=0, eval_batches=0, teacher=str(export), distill_lambda=0.75,
+                         out=str(tmp_path / "runs")).resolved()
+    check_inputs(config)
+    assert load_teacher(config.replace(teacher="")) is None
+    teacher = load_teacher(config)
+    rng = np.random.default_rng(0)
+    frames, num_frames = rng.uniform(-2, 2, (3, 6, 1152)).astype(np.float32), np.array([6, 2, 4], np.int32)
+    labels = (rng.random((3, 20)) < 0.2).astype(np.float32)
+    soft = load_predictor(member)[0](frames, num_frames)
+    np.testing.assert_allclose(distill_targets(teacher, config, frames, num_frames, labels),
+                               0.75 * soft + 0.25 * labels, atol=2e-3)  # the teacher stores fp16
+    assert distill_targets(None, config, frames, num_frames, labels) is labels
+    with pytest.raises(ConfigError, match="predicts 20 classes, the student 30"):
+        check_inputs(config.replace(model=TINY.replace(num_classes=30)))
+    with pytest.raises(ConfigError, match="not an ensemble export"):
+        check_inputs(config.replace(teacher=str(member)))
+    with pytest.raises(ConfigError, match="distill_lambda"):
+        TrainConfig(distill_lambda=1.5)
