@@ -9,6 +9,7 @@ about half a day on one A100; validate GAP ≈ 0.855–0.86 on the 2018 frame-le
 
     python jobs/train.py --model K16-H256 ... --resume     # continue the same run after a stop
     python jobs/train.py --smoke                           # 1–2 min on a laptop CPU, synthetic data
+    python jobs/train.py --smoke --ema-decay 0.999         # also a moving average of the weights (ema/…)
 
 A run lives in OUT/RUN_NAME/checkpoint_<step>/ (model.json, state.json, weights); the same
 command with --resume continues from its latest checkpoint. Prints the result as JSON.

@@ -316,3 +316,32 @@ def test_a_teacher_export_sets_the_students_targets_and_a_wrong_one_is_refused(s
         check_inputs(config.replace(teacher=str(member)))
     with pytest.raises(ConfigError, match="distill_lambda"):
         TrainConfig(distill_lambda=1.5)
+
+
+@pytest.mark.slow
+def test_distill_job_trains_a_student_from_zoo_letters_on_ray_train(synthetic_dir, tmp_path_factory, tmp_path,
+                                                                     ray_session):
+    import json
+
+    from _ensemble_helpers import trained_members, write_zoo
+
+    members = trained_members(synthetic_dir, tmp_path_factory.getbasetemp() / "trained-members")
+    zoo = write_zoo(tmp_path / "zoo.json", members, "AB")
+    argv = ["--teacher", "AB", "--zoo", str(zoo), "--model", "K4-H16", "--classes", "20", "--iterations", "10",
+            "--train-data", str(synthetic_dir / "train*.tfrecord"), "--validate-data",
+            str(synthetic_dir / "validate*.tfrecord"), "--batch-size", "8", "--max-steps", "6",
+            "--checkpoint-every", "3", "--eval-every", "0", "--eval-batches", "0", "--workers", "1",
+            "--max-frames", "12", "--distill-lambda", "0.5", "--out", str(tmp_path / "runs"), "--run-name", "student",
+            "--experiment", "test-distill"]
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    try:
+        assert _load_job("distill").main(argv) == 0
+    finally:
+        del os.environ["MLFLOW_TRACKING_URI"]
+    teacher = tmp_path / "runs" / "student-teacher"
+    assert json.loads((teacher / "ensemble.json").read_text())["members"][0]["letter"] == "A"
+    checkpoints = list_checkpoints(tmp_path / "runs" / "student")
+    assert [read_state(path)["step"] for path in checkpoints] == [3, 6]
+    train_config = read_state(checkpoints[-1])["train_config"]
+    assert train_config["teacher"] == str(teacher) and train_config["distill_lambda"] == 0.5
+    assert _load_job("distill").main(argv[2:]) == 2  # no teacher
