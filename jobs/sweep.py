@@ -1,4 +1,4 @@
-r"""Train a K×H grid of Gated NetVLAD models on Ray Tune, then build the model zoo (Table 1).
+r"""Train a grid of models (Gated NetVLAD K×H, NeXtVLAD NX-…) on Ray Tune, then build the zoo (Table 1).
 
 Recipes:
 
@@ -46,7 +46,8 @@ SMOKE = {"grid": "K4-H16,K8-H16", "classes": 20, "max_steps": 20, "checkpoint_ev
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     grid = parser.add_argument_group("the grid (names, or cluster × hidden sizes, or a sweep file)")
-    grid.add_argument("--grid", default="", help="model names, e.g. K24-H1440,K32-H1024; `paper`: the paper's 28")
+    grid.add_argument("--grid", default="", help="model names of either family, e.g. "
+                      "K24-H1440,K32-H1024,NX-K112-H2048-R16; `paper`: the paper's 28")
     grid.add_argument("--cluster-sizes", default="", help="e.g. 8,16,32")
     grid.add_argument("--hidden-sizes", default="", help="e.g. 256,512,1024")
     grid.add_argument("--sweep-file", help="YAML/JSON: grid, cluster_sizes, hidden_sizes, classes, "

@@ -21,7 +21,7 @@ import numpy as np
 
 from raytrain8m.checkpoint import is_checkpoint, read_config
 from raytrain8m.errors import BudgetError, CheckpointError, ConfigError
-from raytrain8m.models import ModelConfig, size_mib
+from raytrain8m.models import ModelConfig, family, size_mib
 from raytrain8m.models.storage import with_precision
 
 log = logging.getLogger(__name__)
@@ -48,7 +48,8 @@ class Member:
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "letter": self.letter, "checkpoint": self.checkpoint,
                 "fp16_mib": round(self.fp16_mib, 3), "precision": self.precision,
-                "stored_mib": round(self.stored_mib, 3), "gap": self.gap, "cluster_size": self.config.cluster_size,
+                "stored_mib": round(self.stored_mib, 3), "gap": self.gap, "family": self.config.family,
+                "cluster_size": self.config.cluster_size,
                 "hidden_size": self.config.hidden_size, "num_classes": self.config.num_classes}
 
 
@@ -59,8 +60,7 @@ def member_from_checkpoint(path: str | os.PathLike, letter: str | None = None,
         raise CheckpointError(f"{path}: missing or incomplete checkpoint (needs model.json, state.json, "
                               "weights.index)")
     config = read_config(path).replace(fp16=False, int8="")
-    if config.model != "gated_netvlad":
-        raise ConfigError(f"{path}: model {config.model!r} cannot be an ensemble member (gated_netvlad only)")
+    family(config)  # any registered family can be a member; an unknown one fails here
     return Member(config.name, str(path.resolve()), config, size_mib(config, fp16=True), letter, gap,
                   check_precision(precision))
 

@@ -12,7 +12,7 @@ from tqdm import tqdm
 from raytrain8m.checkpoint import Checkpoint, load_checkpoint
 from raytrain8m.data.batches import iter_batches, to_model_inputs
 from raytrain8m.metrics import MetricsAccumulator
-from raytrain8m.models import MODELS, GatedNetVLAD, ModelConfig
+from raytrain8m.models import ModelConfig, build
 
 log = logging.getLogger(__name__)
 
@@ -20,15 +20,15 @@ log = logging.getLogger(__name__)
 Predictor = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
-def model_from_tensors(config: ModelConfig, tensors: Mapping[str, np.ndarray]) -> GatedNetVLAD:
-    """An eager model (outside any distribution strategy) holding these weights."""
-    model = MODELS[config.model](config, zeros=True)
+def model_from_tensors(config: ModelConfig, tensors: Mapping[str, np.ndarray]):
+    """An eager model of the config's family (outside any distribution strategy) holding these weights."""
+    model = build(config, zeros=True)
     for name, variable in model.variables.items():
         variable.assign(tf.cast(tensors[name], variable.dtype))
     return model
 
 
-def predictor(model: GatedNetVLAD) -> Predictor:
+def predictor(model) -> Predictor:
     """A compiled inference function (deterministic frame sampling, moving BN statistics)."""
     spec = (tf.TensorSpec([None, None, model.config.feature_size], tf.float32),
             tf.TensorSpec([None], tf.int32))

@@ -17,7 +17,7 @@ from typing import Any, Mapping
 from raytrain8m import settings, tracking
 from raytrain8m.checkpoint import check_same_model, list_checkpoints, read_state
 from raytrain8m.errors import ConfigError, Raytrain8mError
-from raytrain8m.models import MODELS, ModelConfig
+from raytrain8m.models import ModelConfig, family
 from raytrain8m.models.config import only_known_keys
 
 log = logging.getLogger(__name__)
@@ -61,8 +61,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if isinstance(self.model, Mapping):
             object.__setattr__(self, "model", ModelConfig.from_dict(dict(self.model)))
-        if self.model.model not in MODELS:
-            raise ConfigError(f"unknown model {self.model.model!r}; known: {', '.join(MODELS)}")
+        family(self.model)  # an unknown family fails here
         for field in ("batch_size", "max_steps", "checkpoint_every", "decay_examples", "num_workers",
                       "max_frames", "log_every"):
             value = getattr(self, field)
@@ -114,7 +113,7 @@ class TrainConfig:
 
     def params(self) -> dict[str, Any]:
         """What MLflow records as the run's params."""
-        return {"model": self.model.name, "model_type": self.model.model,
+        return {"model": self.model.name, "model_type": self.model.family,
                 "cluster_size": self.model.cluster_size, "hidden_size": self.model.hidden_size,
                 "num_classes": self.model.num_classes, "num_mixtures": self.model.num_mixtures,
                 "iterations": self.model.iterations, "batch_size": self.batch_size,
@@ -264,8 +263,7 @@ def fit(config: TrainConfig, parent_run_id: str | None = None, tags: Mapping[str
     logger = tracking.RunLogger(run_id, config.tracking_uri)
     logger.log_params(config.params())
     logger.set_tags({"run_dir": str(config.run_dir)})
-    if config.model.model == "gated_netvlad":
-        logger.log_sizes(config.model)
+    logger.log_sizes(config.model)
 
     try:
         trainer = _trainer(config, resources_per_worker, scaling_options)

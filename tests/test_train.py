@@ -58,6 +58,14 @@ def test_learning_rate_decays_by_examples_in_stairs():
     assert float(schedule(100_000)) == pytest.approx(1e-4 * 0.8 ** 4)
 
 
+def test_train_flags_take_a_nextvlad_name():
+    job = _load_job("train")
+    config = job.config_from_args(job.parse_args(["--model", "NX-K112-H2048-R16", "--classes", "20",
+                                                  "--dropout", "0.25"]))
+    assert config.model == ModelConfig.from_name("NX-K112-H2048-R16", num_classes=20, dropout=0.25)
+    assert config.model.family == "nextvlad" and config.model.gating_reduction == 16
+
+
 def test_train_flags_derive_from_the_configs():
     job = _load_job("train")
     config = job.config_from_args(job.parse_args(
@@ -174,20 +182,46 @@ def test_every_checkpoint_keeps_the_weights_moving_average_beside_the_weights(tr
     assert 0 < trained.metrics["ema_gap"] <= 1
 
 
-@pytest.mark.slow
-def test_loss_falls_and_gap_beats_the_mean_pooled_baseline(trained, netvlad_data):
+@pytest.fixture(scope="module")
+def baseline_gap(netvlad_data, tmp_path_factory) -> float:
+    """The mean-pooled baseline's validate GAP after the same steps, global batch (16), learning
+    rate and step function as the 2-worker run, trained in one process."""
     from raytrain8m.evaluate import evaluate, predictor
     from raytrain8m.trainloop import train_locally
 
+    config = _config(netvlad_data, tmp_path_factory.mktemp("baseline"), model=TINY.replace(family="baseline"),
+                     num_workers=1, batch_size=16)
+    baseline, _ = train_locally(config)
+    return evaluate(predictor(baseline), config.validate_data, 20, progress=False)["gap"]
+
+
+@pytest.mark.slow
+def test_loss_falls_and_gap_beats_the_mean_pooled_baseline(trained, baseline_gap):
     history = tracking.client(trained.config.tracking_uri).get_metric_history(trained.mlflow_run_id, "loss")
     losses = [metric.value for metric in sorted(history, key=lambda metric: metric.step)]
     assert losses[-1] < 0.8 * losses[0], losses
     gap = trained.metrics["gap"]
-    # The baseline: the same steps, global batch, learning rate and step function, one process.
-    baseline_config = trained.config.replace(model=TINY.replace(model="baseline"), num_workers=1, batch_size=16)
-    baseline, _ = train_locally(baseline_config)
-    baseline_gap = evaluate(predictor(baseline), baseline_config.validate_data, 20, progress=False)["gap"]
     assert gap > baseline_gap + 0.1, (gap, baseline_gap)
+
+
+@pytest.mark.slow
+def test_nextvlad_trains_on_ray_train_and_beats_the_mean_pooled_baseline(netvlad_data, tmp_path, ray_session,
+                                                                         baseline_gap):
+    """The second family through the real training path (one worker: the same global batch)."""
+    from raytrain8m.evaluate import evaluate_checkpoint
+    from raytrain8m.train import fit
+
+    nextvlad = ModelConfig.from_name("NX-K4-H16", num_classes=20, iterations=10)
+    config = _config(netvlad_data, tmp_path, model=nextvlad, run_name=nextvlad.name, num_workers=1,
+                     batch_size=16, eval_every=0, checkpoint_every=STEPS)
+    result = fit(config, resources_per_worker=CPU_HALF)
+    assert result.metrics["gap"] > baseline_gap + 0.1, (result.metrics["gap"], baseline_gap)
+    [checkpoint] = result.checkpoints
+    assert load_checkpoint(checkpoint).config == nextvlad  # model.json says the family
+    run = tracking.client(config.tracking_uri).get_run(result.mlflow_run_id)
+    assert run.data.params["model"] == "NX-K4-H16" and run.data.params["model_type"] == "nextvlad"
+    rebuilt = evaluate_checkpoint(checkpoint, config.validate_data, progress=False)  # from model.json alone
+    assert rebuilt["gap"] > baseline_gap + 0.1
 
 
 @pytest.mark.slow

@@ -43,8 +43,12 @@ def precision_of(config: ModelConfig) -> str:
 
 def is_quantized(config: ModelConfig, name: str, shape: Iterable[int]) -> bool:
     """Whether weight `name` of `shape` is stored as uint8 codes under `config`."""
+    return quantizes(config.int8, shape)
+
+
+def quantizes(scheme: str, shape: Iterable[int]) -> bool:
     shape = tuple(shape)
-    return bool(config.int8) and len(shape) >= 2 and math.prod(shape) >= INT8_MIN_ELEMENTS
+    return bool(scheme) and len(shape) >= 2 and math.prod(shape) >= INT8_MIN_ELEMENTS
 
 
 def quantized_shapes(scheme: str, name: str, shape: tuple[int, ...]) -> dict[str, tuple[tuple[int, ...], tf.DType]]:
@@ -62,11 +66,11 @@ def quantized_bytes(scheme: str, name: str, shape: tuple[int, ...]) -> int:
     return sum(math.prod(s) * dtype.size for s, dtype in quantized_shapes(scheme, name, shape).values())
 
 
-def quantized_variables(config: ModelConfig, name: str, shape: tuple[int, ...],
+def quantized_variables(scheme: str, name: str, shape: tuple[int, ...],
                         prefix: str = "") -> dict[str, tf.Variable]:
     """Zero-filled stored variables for a quantized weight (filled by loading, never trained)."""
     return {stored: tf.Variable(tf.zeros(s, dtype), name=prefix + stored, trainable=False)
-            for stored, (s, dtype) in quantized_shapes(config.int8, name, shape).items()}
+            for stored, (s, dtype) in quantized_shapes(scheme, name, shape).items()}
 
 
 def read_weight(variables: Mapping[str, tf.Variable], name: str) -> tf.Tensor:
