@@ -7,12 +7,15 @@ Recipes (CPU is enough; about a minute for tiny synthetic models, minutes per me
     python jobs/ensemble.py --members YHLS --zoo runs/sweep/zoo.json --out runs/ensemble \\
         --validate-data 'data/synth/validate*.tfrecord' --tune-weights
     python jobs/ensemble.py --members runs/avg/K16-H256,runs/avg/K32-H512 --out runs/ensemble
+    python jobs/ensemble.py --search 1024 --precision int8 --zoo runs/sweep/zoo.json \
+        --validate-data 'data/synth/validate*.tfrecord' --out runs/ensemble-int8   # 8-bit members
     python jobs/ensemble.py --search 1024 --zoo runs/sweep/zoo.json \\
         --validate-data 'data/synth/validate*.tfrecord' [--tune-weights] [--out runs/ensemble]
 
 SPEC is zoo letters (YHLS) or comma-separated checkpoint directories. Weights that do not
 sum to 1 are normalised (with a warning); one weight per member, else an error. The size is
-the sum of the members' fp16 sizes; over --budget (default 1024 MiB) is an error.
+the sum of the members' sizes at --precision (fp16, or int8: big weights as uint8 codes
+dequantized in the graph, about half the fp16 size); over --budget (default 1024 MiB) is an error.
 --search ranks every zoo combination under BUDGET MiB by validate GAP (the paper's Table 2)
 and exports the best one when --out is given. Writes DIR/inference_model/ (the starter's
 MetaGraph), DIR/saved_model/, DIR/model_flags.json, DIR/ensemble.json; last line: JSON.
@@ -25,7 +28,7 @@ import logging
 import sys
 from typing import Sequence
 
-from raytrain8m.ensemble import DEFAULT_BUDGET_MIB
+from raytrain8m.ensemble import DEFAULT_BUDGET_MIB, MEMBER_PRECISIONS
 from raytrain8m.cli import Parser, add_evaluation_flags
 from raytrain8m.errors import Raytrain8mError, fail
 
@@ -39,9 +42,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--tune-weights", action="store_true",
                         help="coordinate search on the simplex for the best validate GAP (needs --validate-data)")
     parser.add_argument("--search", type=float, metavar="BUDGET_MIB",
-                        help="rank zoo combinations whose fp16 sizes fit BUDGET_MIB by validate GAP")
+                        help="rank zoo combinations whose sizes fit BUDGET_MIB by validate GAP")
     parser.add_argument("--budget", type=float, default=DEFAULT_BUDGET_MIB,
-                        help="size budget in MiB, sum of fp16 member sizes (default: %(default)g)")
+                        help="size budget in MiB, sum of member sizes at --precision (default: %(default)g)")
+    parser.add_argument("--precision", choices=MEMBER_PRECISIONS, default="fp16",
+                        help="how the export stores the members' big weights (default: %(default)s)")
     parser.add_argument("--zoo", help="zoo.json (needed for letters and --search), e.g. runs/sweep/zoo.json")
     parser.add_argument("--validate-data", help="validate split glob: member and ensemble GAPs, tuning, search")
     parser.add_argument("--average", action=argparse.BooleanOptionalAction, default=True,
@@ -66,7 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                zoo_path=args.zoo, validate_data=args.validate_data, average=args.average,
                                batch_size=args.batch_size, max_batches=args.max_batches,
                                max_members=args.max_members, track=not args.no_track,
-                               predictions_dir=args.predictions_dir)
+                               predictions_dir=args.predictions_dir, precision=args.precision)
     except Raytrain8mError as error:
         return fail(error)
     if result.table:

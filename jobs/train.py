@@ -10,6 +10,7 @@ about half a day on one A100; validate GAP ≈ 0.855–0.86 on the 2018 frame-le
     python jobs/train.py --model K16-H256 ... --resume     # continue the same run after a stop
     python jobs/train.py --model NX-K112-H2048-R16 ...    # NeXtVLAD (G=8, λ=2 by default; -G/-E/-R suffixes)
     python jobs/train.py --smoke                           # 1–2 min on a laptop CPU, synthetic data
+    python jobs/train.py --smoke --ema-decay 0.999         # also a moving average of the weights (ema/…)
 
 --holdout auto (default) holds out the paper's share of validate files (round(60/3844 · files),
 at least 2): training reads train + the other validate files, evaluations the held-out ones
@@ -62,7 +63,12 @@ def _add_fields(parser: argparse.ArgumentParser, cls: type, skip: set[str]) -> N
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = Parser(description=__doc__)
+    return build_parser().parse_args(argv)
+
+
+def build_parser(description: str | None = None) -> argparse.ArgumentParser:
+    """The training flags (jobs/distill.py adds its own to them)."""
+    parser = Parser(description=description or __doc__)
     parser.add_argument("--model", dest="model_name", help="K<cluster>-H<hidden> (Gated NetVLAD, e.g. K32-H1024) or "
                         "NX-K<cluster>-H<hidden>[-G<groups>][-E<expansion>][-R<reduction>] (NeXtVLAD) "
                         f"(default: {ModelConfig().name}); or --cluster-size/--hidden-size")
@@ -73,9 +79,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="continue OUT/RUN_NAME from its latest checkpoint (required if it has any)")
     parser.add_argument("--smoke", action="store_true",
                         help="a tiny model on synthetic data (generated under RAYTRAIN8M_DATA/smoke)")
-    _add_fields(parser, ModelConfig, {"family", "fp16", "rgb_size", "audio_size"})
+    _add_fields(parser, ModelConfig, {"family", "fp16", "int8", "rgb_size", "audio_size"})
     _add_fields(parser, TrainConfig, NOT_FLAGS)
-    return parser.parse_args(argv)
+    return parser
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -120,7 +126,11 @@ def _check_resume(config: TrainConfig, resume: bool) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
+    return run(parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> int:
+    """Train (or resume) what the parsed flags say; print the result as JSON."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         config = config_from_args(args)

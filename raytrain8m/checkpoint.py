@@ -3,7 +3,8 @@
 A checkpoint is what every later stage reads: averaging, fp16 casting, ensembling,
 evaluation. Tensors are saved by variable name (`tower/hidden1_weights`) with
 TensorFlow's own bundle format, so `tf.train.load_checkpoint` and TF1 `Saver`s
-read them too. Optimizer slots, when kept for resuming, live under `optimizer/`.
+read them too. Optimizer slots, when kept for resuming, live under `optimizer/`; a moving
+average of the trainable weights (`--ema-decay`) under `ema/`.
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ WEIGHTS = "weights"
 STATE_JSON = "state.json"
 OPTIMIZER_PREFIX = "optimizer/"
 FILES_KEY = "files"  # in state.json: {file name: size} of the checkpoint's other files
+EMA_PREFIX = "ema/"
 
 
 @dataclasses.dataclass
@@ -39,7 +41,17 @@ class Checkpoint:
     def weights(self) -> dict[str, np.ndarray]:
         """The model's variables only (no optimizer slots)."""
         return {name: value for name, value in self.tensors.items()
-                if not name.startswith(OPTIMIZER_PREFIX)}
+                if not name.startswith((OPTIMIZER_PREFIX, EMA_PREFIX))}
+
+    @property
+    def ema_weights(self) -> dict[str, np.ndarray] | None:
+        """The model's variables with the trainable ones replaced by their moving average
+        (batch-norm moving statistics as trained); None if the run kept no average."""
+        averages = {name[len(EMA_PREFIX):]: value for name, value in self.tensors.items()
+                    if name.startswith(EMA_PREFIX)}
+        if not averages:
+            return None
+        return {name: averages.get(name, value) for name, value in self.weights.items()}
 
 
 def _write_json(path: Path, payload: Any) -> None:

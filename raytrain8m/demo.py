@@ -134,8 +134,8 @@ def run_demo(scale_name: str = "default", data_root: str | Path = "data", runs_r
                     parent_run_id=result.parent_run_id, report_data=report, split=split)
     mark = lap("zoo (evaluate + average checkpoints)", mark)
 
-    compression = [dataclasses.asdict(compress_checkpoint(entry.checkpoint, out / "fp16" / entry.name,
-                                                          validate_data=choose))
+    compression = [compress_checkpoint(entry.checkpoint, out / "fp16" / entry.name,
+                                       validate_data=choose).to_dict()
                    for entry in zoo.models]
     mark = lap("fp16", mark)
 

@@ -1,7 +1,8 @@
 """Ensembles (paper 2.3): members under their own scopes in one graph, weights tuned on validate GAP.
 
 `make_ensemble` is what `jobs/ensemble.py` calls: resolve the members (zoo letters or
-checkpoint paths), check the size budget (sum of fp16 sizes), settle the weights
+checkpoint paths), check the size budget (sum of the members' stored sizes, fp16 or int8),
+settle the weights
 (given, normalised, or tuned), export (`raytrain8m.export`). `search` ranks every
 member combination of a zoo under a budget — the paper's Table 2, made by the tool.
 Member predictions on validate are computed once per member and kept as float16 on disk
@@ -22,10 +23,12 @@ from raytrain8m.checkpoint import is_checkpoint, read_config
 from raytrain8m.errors import BudgetError, CheckpointError, ConfigError
 from raytrain8m.models import ModelConfig, family, size_mib
 from raytrain8m.predictions import PredictionStore, combinations, rank_combinations, tune_weights
+from raytrain8m.models.storage import with_precision
 
 log = logging.getLogger(__name__)
 
 DEFAULT_BUDGET_MIB = 1024.0
+MEMBER_PRECISIONS = ("fp16", "int8")  # how an export stores members (fp32 is never worth its size)
 _LETTERS = re.compile(r"^[A-Za-z]+$")
 
 
@@ -37,23 +40,36 @@ class Member:
     fp16_mib: float
     letter: str | None = None
     gap: float | None = None  # the member's own validate GAP, when known
+    precision: str = "fp16"   # how the export stores it: fp16 or int8 (models/storage.py)
+    stored_mib: float = 0.0   # its size at `precision`: the bytes the export holds for it
+
+    def __post_init__(self) -> None:
+        self.stored_mib = self.stored_mib or size_mib(with_precision(self.config, self.precision))
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "letter": self.letter, "checkpoint": self.checkpoint,
-                "fp16_mib": round(self.fp16_mib, 3), "gap": self.gap, "family": self.config.family,
+                "fp16_mib": round(self.fp16_mib, 3), "precision": self.precision,
+                "stored_mib": round(self.stored_mib, 3), "gap": self.gap, "family": self.config.family,
                 "cluster_size": self.config.cluster_size,
                 "hidden_size": self.config.hidden_size, "num_classes": self.config.num_classes}
 
 
 def member_from_checkpoint(path: str | os.PathLike, letter: str | None = None,
-                           gap: float | None = None) -> Member:
+                           gap: float | None = None, precision: str = "fp16") -> Member:
     path = Path(path)
     if not is_checkpoint(path):
         raise CheckpointError(f"{path}: missing or incomplete checkpoint (needs model.json, state.json, "
                               "weights.index)")
-    config = read_config(path).replace(fp16=False)
+    config = read_config(path).replace(fp16=False, int8="")
     family(config)  # any registered family can be a member; an unknown one fails here
-    return Member(config.name, str(path.resolve()), config, size_mib(config, fp16=True), letter, gap)
+    return Member(config.name, str(path.resolve()), config, size_mib(config, fp16=True), letter, gap,
+                  check_precision(precision))
+
+
+def check_precision(precision: str) -> str:
+    if precision not in MEMBER_PRECISIONS:
+        raise ConfigError(f"--precision must be one of {', '.join(MEMBER_PRECISIONS)}, got {precision!r}")
+    return precision
 
 
 def _zoo(path: str | os.PathLike):
@@ -62,19 +78,20 @@ def _zoo(path: str | os.PathLike):
     return load_zoo(path)
 
 
-def zoo_member(entry: Any, average: bool = True) -> Member:
+def zoo_member(entry: Any, average: bool = True, precision: str = "fp16") -> Member:
     """A member from a zoo entry: the checkpoint the zoo scored best (averaged range or best
     single) when `average`, else its best single checkpoint."""
     if average:
-        return member_from_checkpoint(entry.checkpoint, entry.letter, entry.gap)
-    return member_from_checkpoint(entry.best_single_checkpoint, entry.letter, entry.best_single_gap)
+        return member_from_checkpoint(entry.checkpoint, entry.letter, entry.gap, precision)
+    return member_from_checkpoint(entry.best_single_checkpoint, entry.letter, entry.best_single_gap, precision)
 
 
 def is_letter_spec(spec: str) -> bool:
     return bool(_LETTERS.match(spec)) and not Path(spec).exists()
 
 
-def resolve_members(spec: str, zoo_path: str | os.PathLike | None = None, average: bool = True) -> list[Member]:
+def resolve_members(spec: str, zoo_path: str | os.PathLike | None = None, average: bool = True,
+                    precision: str = "fp16") -> list[Member]:
     """`YHLS` (zoo letters) or `path1,path2` (checkpoint directories) → members."""
     spec = spec.strip()
     if not spec:
@@ -82,12 +99,12 @@ def resolve_members(spec: str, zoo_path: str | os.PathLike | None = None, averag
     if is_letter_spec(spec):
         if zoo_path is None:
             raise ConfigError(f"members {spec!r} are zoo letters but no zoo was given (--zoo)")
-        members = [zoo_member(entry, average) for entry in _zoo(zoo_path).members(spec)]
+        members = [zoo_member(entry, average, precision) for entry in _zoo(zoo_path).members(spec)]
     else:
         paths = [part.strip() for part in spec.split(",") if part.strip()]
         if len(set(paths)) != len(paths):
             raise ConfigError(f"member checkpoints repeat in {spec!r}")
-        members = [member_from_checkpoint(path) for path in paths]
+        members = [member_from_checkpoint(path, precision=precision) for path in paths]
     check_compatible(members)
     return members
 
@@ -103,14 +120,14 @@ def check_compatible(members: Sequence[Member]) -> None:
 
 
 def total_mib(members: Sequence[Member]) -> float:
-    return sum(member.fp16_mib for member in members)
+    return sum(member.stored_mib for member in members)
 
 
 def check_budget(members: Sequence[Member], budget_mib: float = DEFAULT_BUDGET_MIB) -> float:
     size = total_mib(members)
     if size > budget_mib:
-        parts = " + ".join(f"{m.letter or m.name} {m.fp16_mib:.2f}" for m in members)
-        raise BudgetError(f"ensemble is {size:.2f} MiB fp16 ({parts}), over the budget of {budget_mib:g} MiB; "
+        parts = " + ".join(f"{m.letter or m.name} {m.stored_mib:.2f} {m.precision}" for m in members)
+        raise BudgetError(f"ensemble is {size:.2f} MiB ({parts}), over the budget of {budget_mib:g} MiB; "
                           "drop a member or raise --budget")
     return size
 
@@ -151,13 +168,13 @@ def predict_members(members: Sequence[Member], data: str | Sequence[str], direct
     """Run each member once over `data` into a prediction store in `directory` (float16 on disk,
     videos × classes × 2 bytes a member; memory: one batch)."""
     from raytrain8m.data.batches import iter_batches, to_model_inputs
-    from raytrain8m.evaluate import load_predictor
+    from raytrain8m.compress import load_predictor_at
     from tqdm import tqdm
 
     num_classes = members[0].config.num_classes
     store = PredictionStore.create(directory, num_classes)
     for member in members:
-        predict, _ = load_predictor(member.checkpoint)
+        predict = load_predictor_at(member.checkpoint, member.precision)
         batches = iter_batches(data, batch_size, num_classes=num_classes)
         with store.writer(member.letter or member.name) as writer:
             for index, batch in enumerate(tqdm(batches, desc=f"predict {member.letter or member.name}",
@@ -207,9 +224,10 @@ def make_ensemble(members_spec: str | None, out: str | os.PathLike | None, weigh
                   validate_data: str | Sequence[str] | None = None, average: bool = True,
                   batch_size: int = 256, max_batches: int | None = None, max_members: int = 4,
                   progress: bool = True, track: bool = True,
-                  predictions_dir: str | os.PathLike | None = None,
+                  predictions_dir: str | os.PathLike | None = None, precision: str = "fp16",
                   report_data: str | Sequence[str] | None = None) -> EnsembleResult:
     """Resolve, check, weigh (or search), evaluate on validate when given, export to `out`.
+    Members are stored at `precision` (fp16 or int8) unless they say otherwise.
     Member predictions go to a float16 store in `predictions_dir` (default: a temporary one).
     Without `validate_data`, a zoo that records its sweep's holdout gives it (the files its
     choices were made on) and `report_data` (the other half: the ensemble's `report_gap`)."""
@@ -227,7 +245,8 @@ def make_ensemble(members_spec: str | None, out: str | os.PathLike | None, weigh
             raise ConfigError("--search needs --zoo and --validate-data")
         rows, candidates = search(zoo_path, validate_data, search_budget_mib, tune=tune,
                                   average=average, max_members=max_members, batch_size=batch_size,
-                                  max_batches=max_batches, progress=progress, predictions_dir=predictions_dir)
+                                  max_batches=max_batches, progress=progress, predictions_dir=predictions_dir,
+                                  precision=precision)
         table = format_table(rows)
         best = rows[0]
         members = [candidates[i] for i in best["indices"]]
@@ -236,7 +255,7 @@ def make_ensemble(members_spec: str | None, out: str | os.PathLike | None, weigh
     else:
         if not members_spec:
             raise ConfigError("give --members (zoo letters or checkpoint paths) or --search BUDGET")
-        members = resolve_members(members_spec, zoo_path, average)
+        members = resolve_members(members_spec, zoo_path, average, precision)
         check_budget(members, budget_mib)
         if tune and weights is not None:
             log.info("--tune-weights starts from the given weights")
@@ -261,9 +280,10 @@ def make_ensemble(members_spec: str | None, out: str | os.PathLike | None, weigh
             result.report_gap = predict_members(members, report_data, directory, batch_size, max_batches,
                                                 progress).gap(weights)
     if out is not None:
-        from raytrain8m.export import export_ensemble
+        from raytrain8m.export import export_ensemble, stored_mib
 
         result.out = str(export_ensemble(members, weights, out, validate_gap=validate_gap))
+        size = result.size_mib = stored_mib(result.out)
     if track:
         from raytrain8m.tracking import log_run
 
@@ -280,19 +300,20 @@ def make_ensemble(members_spec: str | None, out: str | os.PathLike | None, weigh
 def search(zoo_path: str | os.PathLike, validate_data: str | Sequence[str], budget_mib: float,
            tune: bool = False, average: bool = True, max_members: int = 4, tune_top: int = 5,
            batch_size: int = 256, max_batches: int | None = None, progress: bool = True,
-           predictions_dir: str | os.PathLike | None = None) -> tuple[list[dict], list[Member]]:
-    """Rank every zoo combination (1..max_members members) whose fp16 sizes fit `budget_mib`:
-    (rows best first, the zoo's members the rows' indices refer to)."""
+           predictions_dir: str | os.PathLike | None = None,
+           precision: str = "fp16") -> tuple[list[dict], list[Member]]:
+    """Rank every zoo combination (1..max_members members) whose sizes at `precision` (fp16 or
+    int8) fit `budget_mib`: (rows best first, the zoo's members the rows' indices refer to)."""
     zoo = _zoo(zoo_path)
-    candidates = [zoo_member(entry, average) for entry in zoo.models]
+    candidates = [zoo_member(entry, average, precision) for entry in zoo.models]
     if not candidates:
         raise ConfigError(f"{zoo_path}: the zoo has no models")
     check_compatible(candidates)
     with _predictions_dir(predictions_dir) as directory:
         # fail on the budget before predicting anything
-        combinations([m.fp16_mib for m in candidates], budget_mib, max_members)
+        combinations([m.stored_mib for m in candidates], budget_mib, max_members)
         store = predict_members(candidates, validate_data, directory, batch_size, max_batches, progress)
-        rows = rank_combinations(store, [m.fp16_mib for m in candidates], budget_mib, max_members, tune,
+        rows = rank_combinations(store, [m.stored_mib for m in candidates], budget_mib, max_members, tune,
                                  tune_top, [m.letter or "?" for m in candidates])
     for member, gap in zip(candidates, store_gaps_of_singles(rows, len(candidates))):
         member.gap = gap

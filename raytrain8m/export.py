@@ -8,10 +8,12 @@ Layout of DIR (docs/design.md, "MetaGraph contract"):
   saved_model/                                         serving signature (frames, num_frames) → predictions
   ensemble.json                                        members, weights, size, validate GAP
 Members (of any family in the registry) live under `member<i>/tower/…`, their big tensors
-stored as float16 (paper 2.3 step 2–3).
+stored as float16 (paper 2.3 step 2–3) or, with `Member.precision == "int8"`, as uint8 codes
+dequantized in the graph (models/storage.py).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -26,9 +28,9 @@ import tensorflow as tf
 
 from raytrain8m.average import model_tensors
 from raytrain8m.checkpoint import load_checkpoint
-from raytrain8m.compress import to_fp16
+from raytrain8m.compress import to_precision
 from raytrain8m.errors import ConfigError
-from raytrain8m.models import ModelConfig, create_variables, from_variables
+from raytrain8m.models import ModelConfig, create_variables, from_variables, storage
 
 if TYPE_CHECKING:
     from raytrain8m.ensemble import Member
@@ -144,9 +146,17 @@ def _install(staging: Path, out: Path) -> None:
         staging.rename(out)
 
 
+def stored_mib(export_dir: str | os.PathLike) -> float:
+    """MiB of the variables the export's MetaGraph checkpoint really holds."""
+    reader = tf.train.load_checkpoint(str(Path(export_dir) / META_DIR / META_PREFIX))
+    dtypes = reader.get_variable_to_dtype_map()
+    return sum(int(np.prod(shape)) * dtypes[name].size
+               for name, shape in reader.get_variable_to_shape_map().items()) / 2**20
+
+
 def export_ensemble(members: Sequence["Member"], weights: Sequence[float], out: str | os.PathLike,
                     validate_gap: float | None = None, extra: dict[str, Any] | None = None) -> Path:
-    """Write the ensemble of `members` (fp16 big tensors) to `out`, all or nothing."""
+    """Write the ensemble of `members` (each at its `precision`, fp16 or int8) to `out`, all or nothing."""
     if len(weights) != len(members) or not members:
         raise ConfigError(f"{len(weights)} weights for {len(members)} members")
     out = Path(out)
@@ -155,7 +165,9 @@ def export_ensemble(members: Sequence["Member"], weights: Sequence[float], out: 
     configs, tensors = [], []
     for member in members:
         checkpoint = load_checkpoint(member.checkpoint, weights_only=True)
-        config, values = to_fp16(checkpoint.config.replace(fp16=False), model_tensors(checkpoint))
+        float32 = dataclasses.replace(checkpoint, config=checkpoint.config.replace(fp16=False, int8=""),
+                                      tensors=storage.to_float32(checkpoint.tensors))
+        config, values = to_precision(float32.config, model_tensors(float32), member.precision)
         configs.append(config)
         tensors.append(values)
     started = time.monotonic()
@@ -171,7 +183,7 @@ def export_ensemble(members: Sequence["Member"], weights: Sequence[float], out: 
         (staging / META_DIR / MODEL_FLAGS).write_text(flags)  # the starter reads it next to the graph
         summary = {"model": MODEL_NAME, "members": [m.to_dict() for m in members],
                    "weights": [float(w) for w in weights],
-                   "size_mib": round(sum(m.fp16_mib for m in members), 3),
+                   "size_mib": round(stored_mib(staging), 3), "precisions": [m.precision for m in members],
                    "validate_gap": validate_gap, "num_classes": configs[0].num_classes, **dict(extra or {})}
         (staging / ENSEMBLE_JSON).write_text(json.dumps(summary, indent=2) + "\n")
         _install(staging, out)

@@ -89,8 +89,9 @@ class RunLogger:
         self._safely("set tags", self.client.log_batch, self.run_id, tags=entries)
 
     def log_sizes(self, config: ModelConfig) -> None:
-        """fp32/fp16 MiB and parameter count, from the variables the model really builds."""
+        """fp32/fp16/int8 MiB and parameter count, from the variables the model really builds."""
         self.log_metrics({"fp32_mib": size_mib(config, fp16=False), "fp16_mib": size_mib(config, fp16=True),
+                          "int8_mib": size_mib(config.replace(fp16=False, int8="affine")),
                           "parameters": num_parameters(config)})
 
     def log_checkpoint(self, path: str | Path, step: int) -> None:

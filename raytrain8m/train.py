@@ -55,6 +55,9 @@ class TrainConfig:
     shuffle_buffer: int = 512     # videos in each worker's local shuffle buffer; 0 = no row shuffle
     prefetch_batches: int = 2     # batches read ahead while the step runs; 0 = none
     jit_compile: bool = False     # XLA-compile the model's forward and backward (bench/train_step.py)
+    ema_decay: float = 0.0        # > 0: keep a moving average of the weights (saved as ema/… in checkpoints)
+    teacher: str = ""             # an ensemble export DIR (DIR/saved_model): distil from its predictions
+    distill_lambda: float = 1.0   # with a teacher: targets = λ · teacher + (1 − λ) · labels
     experiment: str = ""          # MLflow experiment; "" = MLFLOW_EXPERIMENT_NAME or raytrain8m
     run_name: str = ""            # "" = the model's name, e.g. K16-H256
     out: str = ""                 # "" = <RAYTRAIN8M_RUNS>/train
@@ -79,6 +82,10 @@ class TrainConfig:
         for field in ("learning_rate", "decay_rate", "clip_norm"):
             if not getattr(self, field) > 0:
                 raise ConfigError(f"{field} must be > 0, got {getattr(self, field)!r}")
+        if not 0 <= self.ema_decay < 1:
+            raise ConfigError(f"ema_decay must be in [0, 1) (0 = off), got {self.ema_decay!r}")
+        if not 0 <= self.distill_lambda <= 1:
+            raise ConfigError(f"distill_lambda must be in [0, 1], got {self.distill_lambda!r}")
         if self.moe_l2 < 0:
             raise ConfigError(f"moe_l2 must be >= 0, got {self.moe_l2!r}")
         holdout = str(self.holdout).strip().lower()
@@ -108,6 +115,7 @@ class TrainConfig:
             validate_data=_absolute(self.validate_data or str(data / "validate*.tfrecord")),
             experiment=self.experiment or settings.experiment_name(),
             run_name=self.run_name or self.model.name,
+            teacher=_absolute(self.teacher) if self.teacher else "",
             out=str(Path(self.out).expanduser().absolute()) if self.out else str(settings.runs_dir() / "train"),
             tracking_uri=self.tracking_uri or tracking.tracking_uri(),
         )
@@ -127,9 +135,10 @@ class TrainConfig:
                 "clip_norm": self.clip_norm, "moe_l2": self.moe_l2, "max_steps": self.max_steps,
                 "checkpoint_every": self.checkpoint_every, "eval_every": self.eval_every,
                 "num_workers": self.num_workers, "use_gpu": self.use_gpu, "seed": self.seed,
-                "max_frames": self.max_frames, "train_data": _shown(self.train_data),
-                "validate_data": _shown(self.validate_data), "holdout": self.holdout,
-                "skip_corrupt": self.skip_corrupt}
+                "max_frames": self.max_frames, "ema_decay": self.ema_decay,
+                "teacher": self.teacher, "distill_lambda": self.distill_lambda,
+                "train_data": _shown(self.train_data), "validate_data": _shown(self.validate_data),
+                "holdout": self.holdout, "skip_corrupt": self.skip_corrupt}
 
     @property
     def is_split(self) -> bool:
@@ -174,6 +183,8 @@ def check_inputs(config: TrainConfig) -> None:
 
     check_output(config.out)
     files.expand(config.train_data)
+    if config.teacher:
+        check_teacher(config)
     if config.eval_every or config.eval_batches:
         files.expand(config.validate_data)
     # Labels are checked again while reading; the first batch catches a wrong --classes at once.
@@ -188,6 +199,18 @@ def check_inputs(config: TrainConfig) -> None:
         existing = list_checkpoints(config.run_dir)
         if existing:
             check_same_model(existing[-1], config.model)
+
+
+def check_teacher(config: TrainConfig) -> None:
+    """A teacher is an ensemble export predicting the student's classes."""
+    summary = Path(config.teacher) / "ensemble.json"
+    if not (Path(config.teacher) / "saved_model").is_dir() or not summary.is_file():
+        raise ConfigError(f"--teacher {config.teacher}: not an ensemble export (needs saved_model/ and "
+                          "ensemble.json; make one with jobs/ensemble.py or give zoo letters to jobs/distill.py)")
+    classes = json.loads(summary.read_text()).get("num_classes")
+    if classes != config.model.num_classes:
+        raise ConfigError(f"--teacher {config.teacher} predicts {classes} classes, the student "
+                          f"{config.model.num_classes}")
 
 
 def _mlflow_run(config: TrainConfig, parent_run_id: str | None, tags: Mapping[str, Any] | None) -> str:

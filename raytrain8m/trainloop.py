@@ -23,9 +23,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from raytrain8m.checkpoint import (OPTIMIZER_PREFIX, check_same_model, is_checkpoint, list_checkpoints,
-                                   load_checkpoint, read_state, save_checkpoint)
-from raytrain8m.data import DataError
+from raytrain8m.checkpoint import (EMA_PREFIX, OPTIMIZER_PREFIX, check_same_model, is_checkpoint,
+                                   list_checkpoints, load_checkpoint, read_state, save_checkpoint)
+from raytrain8m.data import DataError, dequantize
 from raytrain8m.data.batches import to_step_inputs
 from raytrain8m.data.schema import _QUANT_BIAS, _QUANT_SCALE
 from raytrain8m.errors import Raytrain8mError
@@ -83,15 +83,38 @@ def dequantize_frames(frames: tf.Tensor) -> tf.Tensor:
     return tf.cast(frames, tf.float32) * np.float32(_QUANT_SCALE) + np.float32(_QUANT_BIAS)
 
 
-def make_train_step(model, optimizer, strategy: tf.distribute.Strategy, config: TrainConfig):
+def make_ema(model, config: TrainConfig) -> dict[str, tf.Variable]:
+    """A moving average of each trainable weight (none when `ema_decay` is 0), starting from the
+    weights. ON_READ/MEAN as the batch-norm statistics: each replica averages its own copy of the
+    (identical) weights, and reading gives the mean."""
+    if not config.ema_decay:
+        return {}
+    return {name: tf.Variable(tf.convert_to_tensor(variable), name=EMA_PREFIX + name, trainable=False,
+                              synchronization=tf.VariableSynchronization.ON_READ,
+                              aggregation=tf.VariableAggregation.MEAN)
+            for name, variable in model.variables.items() if variable.trainable}
+
+
+def ema_decay_at(decay: float, step: tf.Tensor) -> tf.Tensor:
+    """min(decay, (1 + step) / (10 + step)): early steps move the average faster (as
+    tf.train.ExponentialMovingAverage with num_updates), so it forgets the random start."""
+    step = tf.cast(step, tf.float32)
+    return tf.minimum(tf.constant(decay, tf.float32), (1 + step) / (10 + step))
+
+
+def make_train_step(model, optimizer, strategy: tf.distribute.Strategy, config: TrainConfig,
+                    ema: dict[str, tf.Variable] | None = None):
     """A compiled step over fixed shapes (frames padded to max_frames), so it never retraces.
 
     It takes the quantized batch (`to_step_inputs`: uint8 frames and multi-hot labels, a
-    quarter of float32's bytes to copy to the device) and dequantizes inside the graph."""
+    quarter of float32's bytes to copy to the device) and dequantizes inside the graph. With a
+    teacher the labels are float32 soft targets (`distill_targets`). With `ema` (see
+    `make_ema`), the moving averages follow the weights after each update."""
     trainable = [variable for variable in model.variables.values() if variable.trainable]
     spec = (tf.TensorSpec([config.batch_size, config.max_frames, config.model.feature_size], tf.uint8),
             tf.TensorSpec([config.batch_size], tf.int32),
-            tf.TensorSpec([config.batch_size, config.model.num_classes], tf.uint8))
+            tf.TensorSpec([config.batch_size, config.model.num_classes],
+                          tf.float32 if config.teacher else tf.uint8))
 
     def loss_and_gradients(frames, num_frames, labels):
         with tf.GradientTape() as tape:
@@ -109,6 +132,10 @@ def make_train_step(model, optimizer, strategy: tf.distribute.Strategy, config: 
         gradients = context.all_reduce(tf.distribute.ReduceOp.MEAN, gradients)
         gradients, _ = tf.clip_by_global_norm(gradients, config.clip_norm)
         optimizer.apply_gradients(zip(gradients, trainable))
+        if ema:
+            decay = ema_decay_at(config.ema_decay, optimizer.iterations)
+            for name, average in ema.items():
+                average.assign(average * decay + model.variables[name] * (1 - decay))
         return loss
 
     @tf.function(input_signature=spec)
@@ -124,9 +151,10 @@ def optimizer_tensors(optimizer: keras.optimizers.Optimizer) -> dict[str, tf.Var
     return {OPTIMIZER_PREFIX + variable.path: variable for variable in optimizer.variables}
 
 
-def snapshot(model, optimizer) -> dict[str, np.ndarray]:
+def snapshot(model, optimizer, ema: dict[str, tf.Variable] | None = None) -> dict[str, np.ndarray]:
     """Every variable as numpy. All workers call this at the same step: it reduces ON_READ ones."""
     tensors = {name: variable.numpy() for name, variable in sorted(model.variables.items())}
+    tensors.update({EMA_PREFIX + name: variable.numpy() for name, variable in sorted((ema or {}).items())})
     tensors.update({name: np.asarray(variable.numpy()) for name, variable in optimizer_tensors(optimizer).items()})
     return tensors
 
@@ -147,8 +175,31 @@ def check_finite(tensors: dict[str, np.ndarray], config: TrainConfig, step: int)
         raise diverged(config, f"weights ({', '.join(bad[:3])}{', …' if len(bad) > 3 else ''})", step)
 
 
-def restore(model, optimizer, config: TrainConfig, directory: str) -> dict[str, Any]:
-    """Load weights and optimizer state from a checkpoint of the same model; return its state."""
+def load_teacher(config: TrainConfig):
+    """The teacher's predictions as a function of (frames, num_frames), or None without one.
+    Online: the export's SavedModel runs in the worker beside the student, nothing is stored."""
+    if not config.teacher:
+        return None
+    serve = tf.saved_model.load(str(Path(config.teacher) / "saved_model")).signatures["serving_default"]
+    return lambda frames, num_frames: serve(frames=tf.constant(frames, tf.float32),
+                                            num_frames=tf.constant(num_frames, tf.int32))["predictions"].numpy()
+
+
+def distill_targets(teacher, config: TrainConfig, frames: np.ndarray, num_frames: np.ndarray,
+                    labels: np.ndarray) -> np.ndarray:
+    """λ · teacher probabilities + (1 − λ) · labels. The cross-entropy is linear in its target, so
+    this equals λ · soft-target cross-entropy + (1 − λ) · label loss with one loss term."""
+    if teacher is None:
+        return labels
+    soft = np.asarray(teacher(frames, num_frames), np.float32)
+    return (config.distill_lambda * soft + (1 - config.distill_lambda) * labels).astype(np.float32)
+
+
+def restore(model, optimizer, config: TrainConfig, directory: str,
+            ema: dict[str, tf.Variable] | None = None) -> dict[str, Any]:
+    """Load weights, optimizer state and moving averages from a checkpoint of the same model;
+    return its state. A checkpoint without averages (`--ema-decay` turned on later) starts
+    them from its weights."""
     check_same_model(directory, config.model)
     checkpoint = load_checkpoint(directory)
     targets = {**model.variables, **optimizer_tensors(optimizer)}
@@ -157,6 +208,8 @@ def restore(model, optimizer, config: TrainConfig, directory: str) -> dict[str, 
         raise TrainingError(f"{directory}: checkpoint lacks {len(missing)} variables, e.g. {missing[:3]}")
     for name, variable in targets.items():
         variable.assign(tf.cast(checkpoint.tensors[name], variable.dtype))
+    for name, average in (ema or {}).items():
+        average.assign(checkpoint.tensors.get(EMA_PREFIX + name, checkpoint.tensors[name]))
     return checkpoint.state
 
 
@@ -373,14 +426,15 @@ def _train(config: TrainConfig) -> None:
         model = MODELS[config.model.model](config.model, seed=config.seed)
         optimizer = make_optimizer(config)
         optimizer.build([variable for variable in model.variables.values() if variable.trainable])
+        ema = make_ema(model, config)
     state: dict[str, Any] = {}
     newest = resume_point(config)
     checkpoint = ray.train.get_checkpoint()
     if newest is not None:
-        state = restore(model, optimizer, config, newest)
+        state = restore(model, optimizer, config, newest, ema)
     elif checkpoint is not None:
         with checkpoint.as_directory() as directory:
-            state = restore(model, optimizer, config, directory)
+            state = restore(model, optimizer, config, directory, ema)
     step = int(state.get("step", 0))
     if int(optimizer.iterations.numpy()) != step:
         raise TrainingError(f"optimizer step {int(optimizer.iterations.numpy())} != checkpoint step {step}")
@@ -394,13 +448,17 @@ def _train(config: TrainConfig) -> None:
                  "resuming" if step else "starting", config.model.name, step, config.max_steps,
                  strategy.num_replicas_in_sync, config.global_batch_size)
 
-    train_step = make_train_step(model, optimizer, strategy, config)
+    train_step = make_train_step(model, optimizer, strategy, config, ema)
     data = prefetch(batches(ray.train.get_dataset_shard("train"), config, rank), config.prefetch_batches)
+    teacher = load_teacher(config)
     global_batch = config.global_batch_size
     started, window_start, window_losses = time.perf_counter(), time.perf_counter(), []
     while step < config.max_steps:
         _maybe_crash(config, rank, step)
-        window_losses.append(train_step(*next(data)))  # a tensor: read at log steps, not each step
+        frames, num_frames, labels = next(data)
+        if teacher is not None:  # soft targets from the teacher on the same (dequantized) frames
+            labels = distill_targets(teacher, config, dequantize(frames), num_frames, labels.astype(np.float32))
+        window_losses.append(train_step(frames, num_frames, labels))  # a tensor: read at log steps
         step += 1
         last = step == config.max_steps
         do_checkpoint = step % config.checkpoint_every == 0 or last
@@ -415,13 +473,16 @@ def _train(config: TrainConfig) -> None:
                    "loss": float(tf.reduce_mean(tf.stack(window_losses))),
                    "examples_per_sec": len(window_losses) * global_batch / max(elapsed, 1e-9),
                    "learning_rate": float(optimizer.learning_rate.numpy())}
-        tensors = snapshot(model, optimizer) if do_checkpoint or do_eval else None
+        tensors = snapshot(model, optimizer, ema) if do_checkpoint or do_eval else None
         if tensors is not None:
             check_finite(tensors, config, step)  # every worker holds the same values: all raise
         if rank == 0:
             log.info(_progress(step, config, metrics["loss"], metrics["examples_per_sec"], resumed_from, started))
             if do_eval:
                 metrics.update(evaluate_snapshot(config, tensors))
+                if ema:
+                    averaged = {name: tensors.get(EMA_PREFIX + name, value) for name, value in tensors.items()}
+                    metrics["ema_gap"] = evaluate_snapshot(config, averaged)["gap"]
                 log.info("step %d  validate gap %.4f  hit@1 %.4f  perr %.4f", step, metrics["gap"],
                          metrics["hit_at_one"], metrics["perr"])
             if logger is not None:
@@ -448,13 +509,18 @@ def train_locally(config: TrainConfig) -> tuple[Any, list[float]]:
     optimizer = make_optimizer(config)
     optimizer.build([variable for variable in model.variables.values() if variable.trainable])
     train_step = make_train_step(model, optimizer, strategy, config)
+    teacher = load_teacher(config)
     losses: list[float] = []
     while len(losses) < config.max_steps:
         produced = 0
         for batch in iter_batches(config.train_data, config.batch_size, num_classes=config.model.num_classes):
             if len(batch["num_frames"]) < config.batch_size or len(losses) == config.max_steps:
                 break
-            losses.append(float(train_step(*to_step_inputs(batch, config.model.num_classes, config.max_frames))))
+            frames, num_frames, labels = to_step_inputs(batch, config.model.num_classes, config.max_frames)
+            if teacher is not None:
+                labels = distill_targets(teacher, config, dequantize(frames), num_frames,
+                                         labels.astype(np.float32))
+            losses.append(float(train_step(frames, num_frames, labels)))
             produced += 1
         if not produced:
             raise TrainingError(f"{config.train_data}: fewer than batch_size={config.batch_size} videos")

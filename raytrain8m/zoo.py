@@ -39,22 +39,26 @@ class ZooEntry:
     mlflow_run_id: str | None = None
     pinned: bool = False
     report_gap: float | None = None  # the chosen checkpoint's GAP on the report files (not chosen on)
+    ema_gap: float | None = None         # the weights' moving average (`--ema-decay` runs only)
+    ema_checkpoint: str | None = None
 
-    @property
-    def _averaged_wins(self) -> bool:
-        # Averaging usually wins (the paper: +0.0039); early in training it may not.
-        return self.averaged_gap is not None and self.averaged_gap >= self.best_single_gap
+    def _best(self) -> tuple[float, str]:
+        # Averaging usually wins (the paper: +0.0039); early in training it may not. Ties go to
+        # the average, then the EMA, then the single checkpoint.
+        candidates = [(self.averaged_gap, self.averaged_checkpoint), (self.ema_gap, self.ema_checkpoint),
+                      (self.best_single_gap, self.best_single_checkpoint)]
+        return max(((gap, path) for gap, path in candidates if gap is not None and path),
+                   key=lambda candidate: candidate[0], default=(self.best_single_gap, self.best_single_checkpoint))
 
     @property
     def gap(self) -> float:
-        """The model's score: the better of its averaged and best single checkpoint."""
-        return self.averaged_gap if self._averaged_wins else self.best_single_gap
+        """The model's score: the best of its averaged range, its EMA weights and its best single checkpoint."""
+        return self._best()[0]
 
     @property
     def checkpoint(self) -> str:
         """The checkpoint that represents this model in an ensemble (the one scoring `gap`)."""
-        return (self.averaged_checkpoint or self.best_single_checkpoint) if self._averaged_wins \
-            else self.best_single_checkpoint
+        return self._best()[1]
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -151,15 +155,19 @@ class Zoo:
     def table(self) -> str:
         """Table 1 of the paper, for this zoo."""
         reported = any(entry.report_gap is not None for entry in self.models)
+        with_ema = any(entry.ema_gap is not None for entry in self.models)
         header = (f"{'model':<14}{'fp32 MiB':>10}{'fp16 MiB':>10}{'compr.':>8}"
-                  f"{'avg ckpt GAP':>14}{'best single GAP':>17}" + (f"{'report GAP':>12}" if reported else ""))
+                  f"{'avg ckpt GAP':>14}{'best single GAP':>17}" + (f"{'EMA GAP':>9}" if with_ema else "")
+                  + (f"{'report GAP':>12}" if reported else ""))
         rows = [header, "-" * len(header)]
         for entry in self.models:
             averaged = f"{entry.averaged_gap:.4f}" if entry.averaged_gap is not None else "-"
             shown = f"{entry.report_gap:.4f}" if entry.report_gap is not None else "-"
             rows.append(f"{entry.name + ' (' + entry.letter + ')':<14}{entry.fp32_mib:>10.2f}"
                         f"{entry.fp16_mib:>10.2f}{1 - entry.fp16_mib / entry.fp32_mib:>8.1%}"
-                        f"{averaged:>14}{entry.best_single_gap:>17.4f}" + (f"{shown:>12}" if reported else ""))
+                        f"{averaged:>14}{entry.best_single_gap:>17.4f}"
+                        + (f"{f'{entry.ema_gap:.4f}' if entry.ema_gap is not None else '-':>9}" if with_ema else "")
+                        + (f"{shown:>12}" if reported else ""))
         if self.eliminated:
             rows.append("eliminated (inferior): " + ", ".join(entry.name for entry in self.eliminated))
         if self.split:
@@ -237,7 +245,8 @@ def build_zoo(run_dirs: Iterable[str | os.PathLike], validate_data: str | Sequen
               report_data: str | Sequence[str] | None = None, split: str | None = None,
               parallel: bool = True) -> Zoo:
     """Score each trained model on `validate_data` (every `interval`-th checkpoint, then the
-    best average of a range around the best when `average`), drop inferior models, letter the
+    best average of a range around the best when `average`, and its EMA weights when it kept
+    them), drop inferior models, letter the
     rest (keeping letters pinned in an existing `out/zoo.json`), write `zoo.json`, `zoo.txt` and
     `pareto.png`. The choices are made on `validate_data`; with `report_data` (the other half
     of the holdout) each model's choice is scored there too (`report_gap`). `split` says which
@@ -305,6 +314,7 @@ def build_zoo(run_dirs: Iterable[str | os.PathLike], validate_data: str | Sequen
             entry.averaged_checkpoint = str(write_average(members, out / "averaged" / config.name, state={
                 "best_single_gap": best["gap"], "best_single_step": best["step"],
                 "best_single_checkpoint": best["checkpoint"], "averaged_gap": gap}))
+        score_ema(entry, checkpoints, choose, out, eval_batches)
         entries.append(entry)
 
     # 3. each model's choice on the report files, at once
@@ -323,6 +333,7 @@ def build_zoo(run_dirs: Iterable[str | os.PathLike], validate_data: str | Sequen
                 logger.log_metrics({"holdout_gap": row["gap"]}, step=row["step"])
             logger.log_metrics({"best_single_gap": entry.best_single_gap,
                                 **({"averaged_gap": entry.averaged_gap} if entry.averaged_gap is not None else {}),
+                                **({"ema_gap": entry.ema_gap} if entry.ema_gap is not None else {}),
                                 **({"report_gap": entry.report_gap} if entry.report_gap is not None else {})})
             if split:
                 logger.set_tags({"zoo_split": split})
@@ -352,6 +363,32 @@ def build_zoo(run_dirs: Iterable[str | os.PathLike], validate_data: str | Sequen
 
 def _data_list(data: str | Sequence[str]) -> list[str]:
     return [data] if isinstance(data, (str, os.PathLike)) else [str(item) for item in data]
+
+
+def score_ema(entry: ZooEntry, checkpoints: list, validate_data: str | Sequence[str], out: Path,
+              eval_batches: int | None = None) -> None:
+    """One more candidate for runs trained with `--ema-decay`: the moving-average weights of the
+    last and of the best single checkpoint, scored on validate; the better is written to
+    `out/ema/<model>` (a plain checkpoint) and recorded as `entry.ema_gap`/`ema_checkpoint`."""
+    from raytrain8m.checkpoint import load_checkpoint, save_checkpoint
+    from raytrain8m.evaluate import evaluate, model_from_tensors, predictor
+
+    best = None
+    for path in dict.fromkeys([str(checkpoints[-1]), str(entry.best_single_checkpoint)]):
+        checkpoint = load_checkpoint(path, weights_only=True)
+        weights = checkpoint.ema_weights
+        if weights is None:
+            continue
+        gap = float(evaluate(predictor(model_from_tensors(checkpoint.config, weights)), validate_data,
+                             checkpoint.config.num_classes, max_batches=eval_batches, progress=False)["gap"])
+        log.info("%s: EMA weights of step %d: GAP %.4f", checkpoint.config.name, checkpoint.step, gap)
+        if best is None or gap > best[0]:
+            best = (gap, checkpoint, weights)
+    if best is not None:
+        gap, checkpoint, weights = best
+        target = save_checkpoint(out / "ema" / checkpoint.config.name, checkpoint.config, weights,
+                                 step=checkpoint.step, state={"ema_of": str(checkpoint.path), "ema_gap": gap})
+        entry.ema_gap, entry.ema_checkpoint = gap, str(target)
 
 
 def _run_id(run_dir: Path) -> str | None:

@@ -78,6 +78,38 @@ def test_train_flags_derive_from_the_configs():
         job.parse_args(["--no-such-flag"])
 
 
+def test_the_weights_moving_average_follows_each_update_with_a_warm_up_decay():
+    import numpy as np
+    import tensorflow as tf
+
+    from raytrain8m.models import MODELS
+    from raytrain8m.trainloop import make_ema, make_optimizer, make_train_step, snapshot
+
+    config = TrainConfig(model=TINY, batch_size=4, max_frames=6, learning_rate=1e-2, ema_decay=0.5)
+    assert make_ema(MODELS["gated_netvlad"](TINY), config.replace(ema_decay=0.0)) == {}
+    model = MODELS["gated_netvlad"](TINY, seed=3)
+    optimizer = make_optimizer(config)
+    trainable = [variable for variable in model.variables.values() if variable.trainable]
+    optimizer.build(trainable)
+    ema = make_ema(model, config)
+    assert set(ema) == {name for name, variable in model.variables.items() if variable.trainable}
+    step = make_train_step(model, optimizer, tf.distribute.get_strategy(), config, ema)
+    rng = np.random.default_rng(0)
+    expected = {name: variable.numpy() for name, variable in ema.items()}
+    for index in range(1, 4):
+        step(rng.uniform(-2, 2, (4, 6, 1152)).astype(np.float32), np.full(4, 6, np.int32),
+             (rng.random((4, 20)) < 0.2).astype(np.float32))
+        decay = min(0.5, (1 + index) / (10 + index))  # 0.18, 0.25, 0.31: the warm-up decides here
+        for name in expected:
+            expected[name] = decay * expected[name] + (1 - decay) * model.variables[name].numpy()
+    for name, value in expected.items():
+        np.testing.assert_allclose(ema[name].numpy(), value, rtol=1e-5, atol=1e-6)
+    tensors = snapshot(model, optimizer, ema)
+    assert all(f"ema/{name}" in tensors for name in ema)
+    with pytest.raises(ConfigError, match="ema_decay"):
+        TrainConfig(ema_decay=1.0)
+
+
 # --- slow: one shared 2-worker run on synthetic data -----------------------------------------
 
 @pytest.fixture(scope="module")
@@ -102,12 +134,13 @@ def _config(data: Path, out: Path, **changes) -> TrainConfig:
 
 @pytest.fixture(scope="module")
 def trained(netvlad_data, tmp_path_factory, ray_session):
-    """2 workers, 20 steps, a checkpoint every 5; worker 1 is SIGKILLed once at step 7."""
+    """2 workers, 20 steps, a checkpoint every 5, a moving average of the weights; worker 1 is
+    SIGKILLed once at step 7."""
     from raytrain8m.train import fit
 
     out = tmp_path_factory.mktemp("train")
     # Data given relative to the driver's directory, as a user types it; workers run elsewhere.
-    config = _config(Path(netvlad_data.name), out, crash_at_step=CRASH_AT)
+    config = _config(Path(netvlad_data.name), out, crash_at_step=CRASH_AT, ema_decay=0.9)
     here = os.getcwd()
     os.chdir(netvlad_data.parent)
     try:
@@ -131,6 +164,22 @@ def test_worker_killed_mid_run_resumes_from_checkpoint_to_max_steps(trained):
     assert checkpoint.config == TINY
     assert any(name.startswith("optimizer/") for name in checkpoint.tensors)
     assert int(checkpoint.tensors["optimizer/adam/iteration"]) == STEPS
+
+
+@pytest.mark.slow
+def test_every_checkpoint_keeps_the_weights_moving_average_beside_the_weights(trained):
+    import numpy as np
+
+    for path in trained.checkpoints:
+        checkpoint = load_checkpoint(path)
+        averaged = checkpoint.ema_weights
+        assert averaged is not None and set(averaged) == set(checkpoint.weights)
+        assert not any(name.startswith("ema/") for name in checkpoint.weights)
+        assert np.isfinite(averaged["tower/hidden1_weights"]).all()
+        assert not np.allclose(averaged["tower/hidden1_weights"], checkpoint.weights["tower/hidden1_weights"])
+        np.testing.assert_array_equal(averaged["tower/gating_bn/moving_mean"],  # statistics as trained
+                                      checkpoint.weights["tower/gating_bn/moving_mean"])
+    assert 0 < trained.metrics["ema_gap"] <= 1
 
 
 @pytest.fixture(scope="module")
@@ -399,3 +448,65 @@ def test_driver_killed_right_after_a_checkpoint_resumes_from_it_and_overwrites_n
     assert [read_state(path)["step"] for path in after] == list(range(10, 41, 10))
     assert all(read_state(path)["resumed_from"] == newest for path in after if read_state(path)["step"] > newest)
     assert {key: value for key, value in _files(after).items() if key in untouched} == untouched
+
+
+def test_a_teacher_export_sets_the_students_targets_and_a_wrong_one_is_refused(synthetic_dir, tmp_path):
+    import numpy as np
+
+    from _ensemble_helpers import random_checkpoint, tiny_config
+    from raytrain8m.ensemble import member_from_checkpoint
+    from raytrain8m.evaluate import load_predictor
+    from raytrain8m.export import export_ensemble
+    from raytrain8m.train import check_inputs
+    from raytrain8m.trainloop import distill_targets, load_teacher
+
+    member = random_checkpoint(tmp_path / "member", tiny_config(4, 16), seed=1, step=1)
+    export = export_ensemble([member_from_checkpoint(member, precision="fp16")], [1.0], tmp_path / "teacher")
+    config = TrainConfig(model=TINY, train_data=str(synthetic_dir / "train*.tfrecord"), batch_size=4,
+                         eval_every=0, eval_batches=0, teacher=str(export), distill_lambda=0.75,
+                         out=str(tmp_path / "runs")).resolved()
+    check_inputs(config)
+    assert load_teacher(config.replace(teacher="")) is None
+    teacher = load_teacher(config)
+    rng = np.random.default_rng(0)
+    frames, num_frames = rng.uniform(-2, 2, (3, 6, 1152)).astype(np.float32), np.array([6, 2, 4], np.int32)
+    labels = (rng.random((3, 20)) < 0.2).astype(np.float32)
+    soft = load_predictor(member)[0](frames, num_frames)
+    np.testing.assert_allclose(distill_targets(teacher, config, frames, num_frames, labels),
+                               0.75 * soft + 0.25 * labels, atol=2e-3)  # the teacher stores fp16
+    assert distill_targets(None, config, frames, num_frames, labels) is labels
+    with pytest.raises(ConfigError, match="predicts 20 classes, the student 30"):
+        check_inputs(config.replace(model=TINY.replace(num_classes=30)))
+    with pytest.raises(ConfigError, match="not an ensemble export"):
+        check_inputs(config.replace(teacher=str(member)))
+    with pytest.raises(ConfigError, match="distill_lambda"):
+        TrainConfig(distill_lambda=1.5)
+
+
+@pytest.mark.slow
+def test_distill_job_trains_a_student_from_zoo_letters_on_ray_train(synthetic_dir, tmp_path_factory, tmp_path,
+                                                                     ray_session):
+    import json
+
+    from _ensemble_helpers import trained_members, write_zoo
+
+    members = trained_members(synthetic_dir, tmp_path_factory.getbasetemp() / "trained-members")
+    zoo = write_zoo(tmp_path / "zoo.json", members, "AB")
+    argv = ["--teacher", "AB", "--zoo", str(zoo), "--model", "K4-H16", "--classes", "20", "--iterations", "10",
+            "--train-data", str(synthetic_dir / "train*.tfrecord"), "--validate-data",
+            str(synthetic_dir / "validate*.tfrecord"), "--batch-size", "8", "--max-steps", "6",
+            "--checkpoint-every", "3", "--eval-every", "0", "--eval-batches", "0", "--workers", "1",
+            "--max-frames", "12", "--distill-lambda", "0.5", "--out", str(tmp_path / "runs"), "--run-name", "student",
+            "--experiment", "test-distill"]
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    try:
+        assert _load_job("distill").main(argv) == 0
+    finally:
+        del os.environ["MLFLOW_TRACKING_URI"]
+    teacher = tmp_path / "runs" / "student-teacher"
+    assert json.loads((teacher / "ensemble.json").read_text())["members"][0]["letter"] == "A"
+    checkpoints = list_checkpoints(tmp_path / "runs" / "student")
+    assert [read_state(path)["step"] for path in checkpoints] == [3, 6]
+    train_config = read_state(checkpoints[-1])["train_config"]
+    assert train_config["teacher"] == str(teacher) and train_config["distill_lambda"] == 0.5
+    assert _load_job("distill").main(argv[2:]) == 2  # no teacher

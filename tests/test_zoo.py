@@ -102,3 +102,27 @@ def test_a_model_is_scored_by_the_better_of_its_average_and_best_single():
     worse.averaged_gap, worse.averaged_checkpoint = 0.8600, "/avg/K16-H400"  # early: averaging lost
     assert (better.gap, better.checkpoint) == (0.8594, "/avg/K16-H256")
     assert (worse.gap, worse.checkpoint) == (0.8619, "/ckpt/K16-H400")
+
+
+def test_the_ema_weights_are_one_more_candidate_and_win_when_they_score_best(synthetic_dir, tmp_path_factory,
+                                                                              tmp_path):
+    from _ensemble_helpers import random_checkpoint, tiny_config, trained_members
+    from raytrain8m.checkpoint import load_checkpoint
+    from raytrain8m.models import variable_specs
+    from raytrain8m.zoo import build_zoo
+
+    trained = load_checkpoint(trained_members(synthetic_dir, tmp_path_factory.getbasetemp() / "trained-members")[0])
+    config = tiny_config(4, 16)
+    # A run whose raw weights never learned but whose moving average holds trained weights.
+    averages = {f"ema/{spec.name}": trained.tensors[spec.name] for spec in variable_specs(config) if spec.trainable}
+    for step, seed in ((10, 5), (20, 6)):
+        random_checkpoint(tmp_path / "run" / f"checkpoint_{step:08d}", config, seed=seed, step=step, extra=averages)
+    zoo = build_zoo([tmp_path / "run"], str(synthetic_dir / "validate*.tfrecord"), tmp_path / "zoo")
+    (model,) = zoo.models
+    assert model.ema_gap > max(model.best_single_gap, model.averaged_gap) + 0.05
+    assert (model.gap, model.checkpoint) == (model.ema_gap, str(tmp_path / "zoo" / "ema" / "K4-H16"))
+    written = load_checkpoint(model.checkpoint)
+    assert written.ema_weights is None and written.step == 20
+    assert "EMA GAP" in zoo.table() and f"{model.ema_gap:.4f}" in zoo.table()
+    reloaded = load_zoo(tmp_path / "zoo" / "zoo.json").models[0]
+    assert reloaded.checkpoint == model.checkpoint

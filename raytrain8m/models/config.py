@@ -18,6 +18,8 @@ CLASSIFIERS = ("logistic", "moe")
 NAME_FIELDS = ("family", "cluster_size", "hidden_size", "groups", "expansion", "gating_reduction",
                "classifier")
 
+INT8_SCHEMES = ("affine", "codebook")  # how 8-bit weights dequantize (models/storage.py)
+
 # The four tensors the paper stores in float16 (about 98% of a model's size).
 BIG_TENSORS = (
     "tower/hidden1_weights",
@@ -48,6 +50,7 @@ class ModelConfig:
     rgb_size: int = 1024
     audio_size: int = 128
     fp16: bool = False
+    int8: str = ""  # "" (off), "affine" or "codebook": big weights as uint8 codes (models/storage.py)
     family: str = "gated_netvlad"  # a key of `models.registry.FAMILIES`
     # NeXtVLAD only (Lin et al. 2018; their defaults): groups G (audio G/2), expansion λ,
     # SE gating reduction r, dropout on the VLAD, and the classifier on top.
@@ -63,6 +66,8 @@ class ModelConfig:
             value = getattr(self, field)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ConfigError(f"{field} must be a positive integer, got {value!r}")
+        if self.int8 and self.int8 not in INT8_SCHEMES:
+            raise ConfigError(f"int8 must be one of {', '.join(INT8_SCHEMES)} (or empty), got {self.int8!r}")
         if self.cluster_size < 2:
             raise ConfigError(f"cluster_size must be >= 2 (audio uses cluster_size // 2), "
                               f"got {self.cluster_size}")

@@ -14,6 +14,8 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 import tensorflow as tf
 
+from raytrain8m.models import storage
+
 BN_DECAY = 0.999  # slim.batch_norm defaults, as in the WILLOW and NeXtVLAD code
 BN_EPSILON = 1e-3
 
@@ -60,7 +62,7 @@ def initial_value(spec: VariableSpec, seed: int, dtype: tf.DType) -> tf.Tensor:
 
 
 def make_variables(specs: Sequence[VariableSpec], half: Iterable[str], seed: int = 0, prefix: str = "",
-                   zeros: bool = False) -> dict[str, tf.Variable]:
+                   zeros: bool = False, int8: str = "") -> dict[str, tf.Variable]:
     """Variables for `specs`, keyed by name (without `prefix`); names in `half` stored as float16.
 
     `prefix` (e.g. `member1/`) places the variables under another scope in the graph, as the
@@ -71,6 +73,9 @@ def make_variables(specs: Sequence[VariableSpec], half: Iterable[str], seed: int
     half = set(half)
     variables = {}
     for index, spec in enumerate(specs):
+        if storage.quantizes(int8, spec.shape):  # int8 (models/storage.py): filled by loading only
+            variables.update(storage.quantized_variables(int8, spec.name, spec.shape, prefix))
+            continue
         dtype = tf.float16 if spec.name in half else tf.float32
         initial = tf.zeros(spec.shape, dtype) if zeros else initial_value(spec, seed * 1000 + index, dtype)
         extra = {}
@@ -112,8 +117,7 @@ class Forward:
         self.variables = variables
 
     def _get(self, name: str) -> tf.Tensor:
-        value = self.variables[name]
-        return tf.cast(value, tf.float32) if value.dtype != tf.float32 else value
+        return storage.read_weight(self.variables, name)
 
     def _batch_norm(self, prefix: str, x: tf.Tensor, training: bool) -> tf.Tensor:
         """Batch norm over axis 0; training updates the moving statistics (slim's decay)."""

@@ -12,7 +12,7 @@ from typing import Callable, Mapping
 import tensorflow as tf
 
 from raytrain8m.errors import ConfigError
-from raytrain8m.models import baseline, gated_netvlad, nextvlad
+from raytrain8m.models import baseline, gated_netvlad, nextvlad, storage
 from raytrain8m.models.config import BIG_TENSORS, ModelConfig
 from raytrain8m.models.layers import VariableSpec, make_variables
 
@@ -72,7 +72,10 @@ def num_parameters(config: ModelConfig) -> int:
 def size_mib(config: ModelConfig, fp16: bool | None = None) -> float:
     """Bytes of all variables (moving statistics included) in MiB (docs/design.md, size accounting)."""
     sized = config if fp16 is None else config.replace(fp16=fp16)
-    return sum(spec.size * storage_dtype(sized, spec.name).size for spec in variable_specs(sized)) / 2**20
+    return sum(storage.quantized_bytes(sized.int8, spec.name, spec.shape)
+               if storage.is_quantized(sized, spec.name, spec.shape)
+               else spec.size * storage_dtype(sized, spec.name).size
+               for spec in variable_specs(sized)) / 2**20
 
 
 def flops_per_video(config: ModelConfig) -> int:
@@ -91,7 +94,7 @@ def create_variables(config: ModelConfig, seed: int = 0, prefix: str = "",
     if config.family == "baseline":  # keeps its own initialisation (the train test's reference)
         return baseline.create_baseline_variables(config, seed=seed, prefix=prefix, zeros=zeros)
     return make_variables(variable_specs(config), half_tensors(config) if config.fp16 else (),
-                          seed, prefix, zeros)
+                          seed, prefix, zeros, config.int8)
 
 
 def from_variables(config: ModelConfig, variables: Mapping[str, tf.Variable]):
