@@ -192,14 +192,9 @@ def _init_ray() -> None:
     per core at once (see default_concurrency) and a CPU for Ray Data's read tasks. On two
     cores two tiny trials overlap their start-up (processes, TensorFlow imports): the tiny
     demo's sweep took 169 s instead of 242 s one at a time."""
-    import ray
+    from raytrain8m import localray
 
-    from raytrain8m import settings
-
-    if ray.is_initialized():
-        return
-    address = settings.ray_address()
-    ray.init(address=address, num_cpus=(os.cpu_count() or 1) + 1 if address == "local" else None)
+    localray.start(num_cpus=(os.cpu_count() or 1) + 1)
 
 
 def default_concurrency(placements: Sequence[Placement], workers_per_trial: int,

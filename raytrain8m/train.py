@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Any, Mapping
 
-from raytrain8m import settings, tracking
+from raytrain8m import localray, settings, tracking
 from raytrain8m.checkpoint import check_same_model, list_checkpoints, read_state
 from raytrain8m.errors import ConfigError, Raytrain8mError
 from raytrain8m.models import MODELS, ModelConfig
@@ -198,11 +198,8 @@ def _trainer(config: TrainConfig, resources_per_worker: Mapping[str, float] | No
     from raytrain8m.data import read_dataset
     from raytrain8m.trainloop import train_loop_per_worker
 
-    if not ray.is_initialized():
-        address = settings.ray_address()
-        # Locally, logical CPUs beyond the cores leave room for Ray Data's read tasks.
-        ray.init(address=address,
-                 num_cpus=max(os.cpu_count() or 1, config.num_workers + 2) if address == "local" else None)
+    # Locally, logical CPUs beyond the cores leave room for Ray Data's read tasks.
+    localray.start(num_cpus=max(os.cpu_count() or 1, config.num_workers + 2))
     resources = dict(resources_per_worker) if resources_per_worker else None
     _check_cpus_left_for_data(config, resources, ray.cluster_resources().get("CPU", 0))
     dataset = read_dataset(config.train_data, num_classes=config.model.num_classes, max_frames=config.max_frames)
@@ -219,7 +216,7 @@ def _trainer(config: TrainConfig, resources_per_worker: Mapping[str, float] | No
             storage_path=config.out, name=config.run_name,
             failure_config=FailureConfig(max_failures=config.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=None),
-            worker_runtime_env={"env_vars": {"TF_CPP_MIN_LOG_LEVEL": settings.tf_log_level()}},
+            worker_runtime_env={"env_vars": localray.console_env()},
             logging_config=LoggingConfig(log_level="WARNING"),  # rank 0's progress lines, not every report
         ),
     )
