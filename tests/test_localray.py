@@ -101,7 +101,8 @@ def test_a_training_run_listens_beyond_loopback_only_through_tensorflow(ray_sess
     from raytrain8m.train import TrainConfig, fit
 
     config = TrainConfig(model=ModelConfig(cluster_size=4, hidden_size=16, num_classes=20, iterations=10),
-                         train_data=str(synthetic_dir / "train*.tfrecord"), batch_size=4, max_steps=12,
+                         train_data=str(synthetic_dir / "train*.tfrecord"),
+                         validate_data=str(synthetic_dir / "validate*.tfrecord"), batch_size=4, max_steps=12,
                          checkpoint_every=12, eval_every=0, log_every=12, max_frames=12, num_workers=2,
                          out=str(tmp_path / "train"), run_name="listen",
                          tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
@@ -116,7 +117,7 @@ def test_a_training_run_listens_beyond_loopback_only_through_tensorflow(ray_sess
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
     try:
-        result = fit(config)
+        result = fit(config, resources_per_worker={"CPU": 0.5})
     finally:
         done.set()
         watcher.join()
