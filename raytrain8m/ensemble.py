@@ -285,9 +285,16 @@ def make_ensemble(members_spec: str | None, out: str | os.PathLike | None, weigh
         label = "".join(m.letter or "" for m in members) or ",".join(m.name for m in members)
         metrics = {"size_mib": size, **({"validate_gap": validate_gap} if validate_gap is not None else {})}
         metrics.update({f"member{i}_gap": m.gap for i, m in enumerate(members) if m.gap is not None})
-        log_run(f"ensemble {label}", {"members": ",".join(m.checkpoint for m in members),
-                                      "weights": ",".join(f"{w:.4f}" for w in weights), "out": str(out)},
-                metrics, tags={"stage": "ensemble"})
+        run_id = log_run(f"ensemble {label}", {"members": ",".join(m.checkpoint for m in members),
+                                               "weights": ",".join(f"{w:.4f}" for w in weights), "out": str(out)},
+                         metrics, tags={"stage": "ensemble"})
+        if run_id and result.out:
+            from raytrain8m.tracking import register_ensemble
+            register_ensemble(run_id, result.out, {
+                "members": ",".join(m.name + (f" ({m.letter})" if m.letter else "") for m in members),
+                "weights": ",".join(f"{w:.4f}" for w in weights),
+                "sizes_mib": ",".join(f"{m.fp16_mib:.3f}" for m in members), "size_mib": f"{size:.3f}",
+                "validate_gap": "" if validate_gap is None else f"{validate_gap:.4f}"})
     return result
 
 

@@ -256,6 +256,9 @@ def build_zoo(run_dirs: Iterable[str | os.PathLike], validate_data: str, out: st
             tracking.RunLogger(entry.mlflow_run_id, tracking_uri).log_metrics(
                 {"best_single_gap": entry.best_single_gap,
                  **({"averaged_gap": entry.averaged_gap} if entry.averaged_gap is not None else {})})
+            chosen = entry.averaged_checkpoint or entry.best_single_checkpoint
+            tracking.log_chosen_checkpoint(entry.mlflow_run_id, chosen,
+                                           "averaged" if entry.averaged_checkpoint else "best single", tracking_uri)
         entries.append(entry)
     previous = load_zoo(out / "zoo.json") if (out / "zoo.json").is_file() else None
     zoo = Zoo.build(carry_pins(entries, previous))
