@@ -16,6 +16,7 @@ import logging
 import sys
 from typing import Sequence
 
+from raytrain8m.cli import add_verbose_flag, console
 from raytrain8m.errors import Raytrain8mError, fail
 
 
@@ -26,11 +27,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=256, help="videos a batch (default: %(default)s)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--no-track", action="store_true", help="do not log the metrics to MLflow")
+    add_verbose_flag(parser)
     return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    console(args.verbose)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     try:
         from raytrain8m.evaluate import evaluate_checkpoint

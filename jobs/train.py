@@ -23,6 +23,7 @@ import sys
 from typing import Any, Sequence
 
 from raytrain8m import settings
+from raytrain8m.cli import add_verbose_flag, console
 from raytrain8m.errors import ConfigError, Raytrain8mError, fail
 from raytrain8m.models import ModelConfig
 from raytrain8m.train import TrainConfig
@@ -68,6 +69,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="a tiny model on synthetic data (generated under RAYTRAIN8M_DATA/smoke)")
     _add_fields(parser, ModelConfig, {"model", "fp16", "rgb_size", "audio_size"})
     _add_fields(parser, TrainConfig, NOT_FLAGS)
+    add_verbose_flag(parser)
     return parser.parse_args(argv)
 
 
@@ -114,6 +116,7 @@ def _check_resume(config: TrainConfig, resume: bool) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    console(args.verbose)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         config = config_from_args(args)

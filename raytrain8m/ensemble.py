@@ -21,10 +21,10 @@ import numpy as np
 from raytrain8m.checkpoint import is_checkpoint, read_config
 from raytrain8m.errors import BudgetError, CheckpointError, ConfigError
 from raytrain8m.models import ModelConfig, size_mib
+from raytrain8m.models.config import DEFAULT_BUDGET_MIB
 
 log = logging.getLogger(__name__)
 
-DEFAULT_BUDGET_MIB = 1024.0
 _LETTERS = re.compile(r"^[A-Za-z]+$")
 
 

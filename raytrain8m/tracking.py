@@ -18,7 +18,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
 from raytrain8m import settings
-from raytrain8m.models import ModelConfig, num_parameters, size_mib
+from raytrain8m.models import ModelConfig
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +90,8 @@ class RunLogger:
 
     def log_sizes(self, config: ModelConfig) -> None:
         """fp32/fp16 MiB and parameter count, from the variables the model really builds."""
+        from raytrain8m.models import num_parameters, size_mib
+
         self.log_metrics({"fp32_mib": size_mib(config, fp16=False), "fp16_mib": size_mib(config, fp16=True),
                           "parameters": num_parameters(config)})
 

@@ -14,15 +14,20 @@ import os
 from pathlib import Path
 from typing import Any, Mapping
 
-from raytrain8m import localray, settings, tracking
-from raytrain8m.checkpoint import check_same_model, list_checkpoints, read_state
+from raytrain8m import localray, settings
 from raytrain8m.errors import ConfigError, Raytrain8mError
-from raytrain8m.models import MODELS, ModelConfig
+from raytrain8m.models import ModelConfig
 from raytrain8m.models.config import only_known_keys
 
 log = logging.getLogger(__name__)
 
 MLFLOW_JSON = "mlflow.json"  # in the run directory: the MLflow run a resumed fit logs into
+
+
+def _tracking():
+    """MLflow, imported when first used (commands' `--help` never pays for it)."""
+    from raytrain8m import tracking
+    return tracking
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,6 +63,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if isinstance(self.model, Mapping):
             object.__setattr__(self, "model", ModelConfig.from_dict(dict(self.model)))
+        from raytrain8m.models import MODELS  # TensorFlow: not at import (`--help` stays quick)
+
         if self.model.model not in MODELS:
             raise ConfigError(f"unknown model {self.model.model!r}; known: {', '.join(MODELS)}")
         for field in ("batch_size", "max_steps", "checkpoint_every", "decay_examples", "num_workers",
@@ -97,7 +104,7 @@ class TrainConfig:
             experiment=self.experiment or settings.experiment_name(),
             run_name=self.run_name or self.model.name,
             out=str(Path(self.out).expanduser().absolute()) if self.out else str(settings.runs_dir() / "train"),
-            tracking_uri=self.tracking_uri or tracking.tracking_uri(),
+            tracking_uri=self.tracking_uri or _tracking().tracking_uri(),
         )
 
     @property
@@ -144,6 +151,8 @@ def check_inputs(config: TrainConfig) -> None:
     # Labels are checked again while reading; the first batch catches a wrong --classes at once.
     next(iter(iter_batches(config.train_data, config.batch_size, num_classes=config.model.num_classes)), None)
     if config.run_dir.exists():
+        from raytrain8m.checkpoint import check_same_model, list_checkpoints
+
         existing = list_checkpoints(config.run_dir)
         if existing:
             check_same_model(existing[-1], config.model)
@@ -158,7 +167,7 @@ def _mlflow_run(config: TrainConfig, parent_run_id: str | None, tags: Mapping[st
         saved = json.loads(record.read_text())
         if saved.get("tracking_uri") == config.tracking_uri:
             return saved["run_id"]
-    run = tracking.start_run(config.run_name, config.experiment, parent_run_id=parent_run_id,
+    run = _tracking().start_run(config.run_name, config.experiment, parent_run_id=parent_run_id,
                              tags={"stage": "train", "model": config.model.name, **dict(tags or {})},
                              uri=config.tracking_uri)
     config.run_dir.mkdir(parents=True, exist_ok=True)
@@ -235,7 +244,7 @@ def fit(config: TrainConfig, parent_run_id: str | None = None, tags: Mapping[str
     check_inputs(config)
     run_id = _mlflow_run(config, parent_run_id, tags)
     config = config.replace(mlflow_run_id=run_id)
-    logger = tracking.RunLogger(run_id, config.tracking_uri)
+    logger = _tracking().RunLogger(run_id, config.tracking_uri)
     logger.log_params(config.params())
     logger.set_tags({"run_dir": str(config.run_dir)})
     if config.model.model == "gated_netvlad":
@@ -252,6 +261,8 @@ def fit(config: TrainConfig, parent_run_id: str | None = None, tags: Mapping[str
         if cause is not error:
             raise cause from error
         raise
+    from raytrain8m.checkpoint import list_checkpoints, read_state
+
     checkpoints = list_checkpoints(config.run_dir)
     for path in checkpoints:
         logger.log_checkpoint(path, read_state(path)["step"])

@@ -8,6 +8,8 @@ from typing import Any, Mapping
 
 from raytrain8m.errors import ConfigError
 
+DEFAULT_BUDGET_MIB = 1024.0  # the paper's ensemble budget (1 GiB; its YHLS is 1019.7 MiB)
+
 MODEL_JSON = "model.json"
 _NAME = re.compile(r"^K(\d+)-H(\d+)$")
 
