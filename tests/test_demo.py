@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -30,7 +31,8 @@ def test_synthesise_reuses_data_of_the_same_scale_and_remakes_another(tmp_path, 
 
 @pytest.mark.slow
 def test_tiny_demo_runs_every_stage_and_writes_every_artefact(tmp_path):
-    env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}", "PATH": "/usr/bin:/bin"}
+    env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}", "PATH": "/usr/bin:/bin",
+           **{key: os.environ[key] for key in ("PYTHONPATH", "HOME") if key in os.environ}}
     (tmp_path / "runs").mkdir()
     done = subprocess.run([sys.executable, str(REPO / "jobs" / "demo.py"), "--scale", "tiny",
                            "--data", str(tmp_path / "data"), "--runs", str(tmp_path / "runs")],
