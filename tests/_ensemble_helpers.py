@@ -1,6 +1,7 @@
 """Helpers shared by the average/ensemble/export/infer tests: tiny checkpoints, trained members, a zoo."""
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -27,6 +28,30 @@ def random_checkpoint(directory: Path, config: ModelConfig, seed: int, step: int
     return save_checkpoint(directory, config, tensors, step=step)
 
 
+def constant_checkpoint(directory: Path, config: ModelConfig, step: int) -> Path:
+    """A checkpoint of all-zero variables: it predicts the same probability for every class of every
+    video, so adding it to an ensemble (any weight) is a monotone map of the others' scores and
+    cannot change their GAP."""
+    tensors = {name: variable.numpy() for name, variable in create_variables(config, zeros=True).items()}
+    return save_checkpoint(directory, config, tensors, step=step)
+
+
+@contextlib.contextmanager
+def deterministic(seed: int):
+    """Seeded Python/numpy/TF random state and deterministic TF ops, restored afterwards (other
+    tests of the session keep the default). Frame sampling in training is a stateful random op."""
+    from tensorflow.python.framework import config as tf_config  # the public API can only enable it
+
+    was_enabled = tf_config.is_op_determinism_enabled()
+    tf.keras.utils.set_random_seed(seed)
+    tf.config.experimental.enable_op_determinism()
+    try:
+        yield
+    finally:
+        if not was_enabled:
+            tf_config.disable_op_determinism()
+
+
 def load_split(data_dir: Path, split: str):
     from raytrain8m.data.batches import iter_batches, to_model_inputs
 
@@ -41,7 +66,14 @@ def load_split(data_dir: Path, split: str):
 
 def train_member(data_dir: Path, directory: Path, config: ModelConfig, seed: int, steps: int = 300,
                  batch_size: int = 32, learning_rate: float = 3e-3) -> Path:
-    """A member that learned something: `steps` eager Adam steps on the synthetic train split."""
+    """A member that learned something: `steps` Adam steps on the synthetic train split, the same
+    weights on every run (seeded, deterministic ops)."""
+    with deterministic(seed):
+        return _train_member(data_dir, directory, config, seed, steps, batch_size, learning_rate)
+
+
+def _train_member(data_dir: Path, directory: Path, config: ModelConfig, seed: int, steps: int,
+                  batch_size: int, learning_rate: float) -> Path:
     frames, num_frames, labels = load_split(data_dir, "train")
     variables = create_variables(config, seed=seed)
     model = GatedNetVLAD(config, variables)

@@ -7,7 +7,8 @@ import logging
 import numpy as np
 import pytest
 
-from _ensemble_helpers import load_job, random_checkpoint, tiny_config, trained_members, write_zoo
+from _ensemble_helpers import (constant_checkpoint, load_job, tiny_config, trained_members,
+                               write_zoo)
 from raytrain8m.ensemble import (
     ValidatePredictions, format_table, make_ensemble, normalise_weights, resolve_members, search, tune_weights,
 )
@@ -92,14 +93,18 @@ def test_tune_weights_stays_on_the_simplex_and_never_loses_to_equal_weights():
 
 
 def test_search_ranks_the_zoo_combinations_that_fit_the_budget(members, validate, tmp_path):
-    extra = random_checkpoint(tmp_path / "untrained", tiny_config(4, 16), seed=9, step=1)
+    # C predicts one constant for every class and video: A+C ranks exactly as A, so AB (which beats
+    # both its members, see above) must come first whatever the members learned.
+    extra = constant_checkpoint(tmp_path / "constant", tiny_config(4, 16), step=1)
     zoo = write_zoo(tmp_path / "zoo.json", [*members, extra], "ABC")
     sizes = [m.fp16_mib for m in resolve_members("ABC", zoo)]
     budget = sizes[0] + sizes[1] + 0.01  # A+B fits, A+B+C does not
     rows, _, _ = search(zoo, validate, budget, progress=False)
     assert {row["members"] for row in rows} == {"A", "B", "C", "AB", "AC", "BC"}
     gaps = [row["gap"] for row in rows]
-    assert gaps == sorted(gaps, reverse=True) and rows[0]["members"] == "AB"
+    assert gaps == sorted(gaps, reverse=True) and rows[0]["members"] == "AB", rows
+    gap_of = {row["members"]: row["gap"] for row in rows}
+    assert gap_of["AC"] == pytest.approx(gap_of["A"], abs=1e-4) and gap_of["BC"] == pytest.approx(gap_of["B"], abs=1e-4)
     table = format_table(rows)
     assert "size MiB" in table and table.splitlines()[2].split()[1] == "AB"
 
