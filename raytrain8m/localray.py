@@ -74,6 +74,14 @@ def quiet_process(verbose: bool | None = None) -> None:
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's legacy reporter is silent at verbose=0
         os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # "Creating initial MLflow database tables"
         logging.getLogger("mlflow").setLevel(logging.WARNING)
+        logging.getLogger("tensorflow").setLevel(logging.ERROR)  # e.g. tf.function retracing notes
+
+
+def _quiet_ray_loggers() -> None:
+    """Ray's driver-side loggers (raylet warnings relayed to the driver, Ray Data's per-run
+    "execution finished" lines): errors only at default verbosity."""
+    for name in ("ray", "ray.data", "ray._private.worker", "ray.tune", "ray.train"):
+        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def keep_line(source: str, line: str) -> bool:
@@ -153,4 +161,5 @@ def start(num_cpus: int | None = None, num_gpus: int | None = None, verbose: boo
     ray.init(**options)
     if not verbose:
         _filter_forwarded_logs()
+        _quiet_ray_loggers()
     return True
