@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     add_verbose_flag(parser)
     args = parser.parse_args(argv)
-    console(args.verbose)
+    console(args.verbose, tensorflow=True)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("RAYTRAIN8M_RUNS", args.runs)  # the default MLflow store lives under --runs
     try:

@@ -33,7 +33,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    console(args.verbose)
+    console(args.verbose, tensorflow=True)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     try:
         from raytrain8m.evaluate import evaluate_checkpoint

@@ -116,7 +116,7 @@ def _check_resume(config: TrainConfig, resume: bool) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    console(args.verbose)
+    console(args.verbose, tensorflow=True)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         config = config_from_args(args)

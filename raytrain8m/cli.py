@@ -20,9 +20,10 @@ def add_verbose_flag(parser: argparse.ArgumentParser) -> None:
                              "and result; Ray's full logs stay in /tmp/ray/session_latest/logs)")
 
 
-def console(verbose: bool) -> None:
+def console(verbose: bool, tensorflow: bool = False) -> None:
     """Quiet by default, verbose on request, for this process and the Ray workers it starts;
-    call right after parsing flags, before TensorFlow or Ray is imported."""
+    call right after parsing flags, before TensorFlow or Ray is imported. `tensorflow`: the
+    command uses it, import it now without its start-up banner."""
     import os
 
     from raytrain8m import localray
@@ -30,3 +31,5 @@ def console(verbose: bool) -> None:
     if verbose:
         os.environ["RAYTRAIN8M_VERBOSE"] = "1"
     localray.quiet_process(verbose)
+    if tensorflow and not verbose:
+        localray.import_tensorflow_quietly()

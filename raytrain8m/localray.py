@@ -84,6 +84,22 @@ def _quiet_ray_loggers() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
+def import_tensorflow_quietly() -> None:
+    """Import TensorFlow with the process's stderr closed: TF 2.21 writes its cudart/CPU-feature
+    banner through absl before any log level applies. An import error is still raised."""
+    if "tensorflow" in sys.modules:
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            import tensorflow  # noqa: F401
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def keep_line(source: str, line: str) -> bool:
     """Whether a Ray worker's output line reaches the terminal at default verbosity."""
     return source not in RAY_INTERNAL_SOURCES and not NOISE.search(line)
