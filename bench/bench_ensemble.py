@@ -28,7 +28,7 @@ def train_tiny_run(data_dir: Path, run_dir: Path, cluster_size: int, hidden_size
 
     from raytrain8m.checkpoint import save_checkpoint
     from raytrain8m.data.batches import iter_batches, to_model_inputs
-    from raytrain8m.models import GatedNetVLAD, ModelConfig, create_variables, cross_entropy
+    from raytrain8m.models import ModelConfig, create_variables, cross_entropy, from_variables
 
     config = ModelConfig(cluster_size=cluster_size, hidden_size=hidden_size, num_classes=20, iterations=10)
     batches = [to_model_inputs(b, 20) for b in iter_batches(str(data_dir / "train*.tfrecord"), 64, num_classes=20)]
@@ -36,7 +36,7 @@ def train_tiny_run(data_dir: Path, run_dir: Path, cluster_size: int, hidden_size
     frames = np.concatenate([np.pad(f, ((0, 0), (0, width - f.shape[1]), (0, 0))) for f, _, _ in batches])
     num_frames, labels = np.concatenate([n for _, n, _ in batches]), np.concatenate([y for _, _, y in batches])
     variables = create_variables(config, seed=seed)
-    model = GatedNetVLAD(config, variables)
+    model = from_variables(config, variables)
     trainable = [v for v in variables.values() if v.trainable]
     optimizer = tf.keras.optimizers.Adam(3e-3)
 

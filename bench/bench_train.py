@@ -35,7 +35,7 @@ def bench_step(args: argparse.Namespace, model_name: str | None = None, batch_si
     import numpy as np
     import tensorflow as tf
 
-    from raytrain8m.models import MODELS, ModelConfig, flops_per_video
+    from raytrain8m.models import ModelConfig, build, flops_per_video
     from raytrain8m.train import TrainConfig
     from raytrain8m.trainloop import make_optimizer, make_train_step
 
@@ -45,7 +45,7 @@ def bench_step(args: argparse.Namespace, model_name: str | None = None, batch_si
     config = TrainConfig(model=model_config, batch_size=batch_size, max_frames=args.max_frames)
     strategy = strategy or tf.distribute.MultiWorkerMirroredStrategy()
     with strategy.scope():
-        model = MODELS["gated_netvlad"](model_config, seed=0)
+        model = build(model_config, seed=0)
         optimizer = make_optimizer(config)
         optimizer.build([variable for variable in model.variables.values() if variable.trainable])
     step = make_train_step(model, optimizer, strategy, config)

@@ -21,13 +21,13 @@ import logging
 import sys
 from typing import Sequence
 
-from raytrain8m.cli import add_evaluation_flags
+from raytrain8m.cli import Parser, add_evaluation_flags
 from raytrain8m.cli import add_verbose_flag, console
 from raytrain8m.errors import ConfigError, Raytrain8mError, fail
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(description=__doc__)
     parser.add_argument("sources", nargs="+", help="checkpoint directories, or run directories holding them")
     parser.add_argument("--out", required=True, help="the averaged checkpoint directory to write")
     parser.add_argument("--start-step", type=int, help="first step to include (default: the first)")

@@ -26,13 +26,13 @@ import sys
 from typing import Sequence
 
 from raytrain8m.models.config import DEFAULT_BUDGET_MIB
-from raytrain8m.cli import add_evaluation_flags
+from raytrain8m.cli import Parser, add_evaluation_flags
 from raytrain8m.cli import add_verbose_flag, console
 from raytrain8m.errors import Raytrain8mError, fail
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(description=__doc__)
     parser.add_argument("--members", help="zoo letters (YHLS) or comma-separated checkpoint directories")
     parser.add_argument("--out", help="the export directory (written atomically)")
     parser.add_argument("--weights", help="w1,w2,… one per member; normalised to sum 1 with a warning "

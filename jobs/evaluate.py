@@ -16,15 +16,17 @@ import logging
 import sys
 from typing import Sequence
 
+from raytrain8m.cli import Parser, add_skip_corrupt, positive_int
 from raytrain8m.cli import add_verbose_flag, console
 from raytrain8m.errors import Raytrain8mError, fail
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(description=__doc__)
     parser.add_argument("--checkpoint", required=True, help="a checkpoint directory (holds model.json)")
     parser.add_argument("--data", required=True, help="glob or URI of labelled .tfrecord files")
-    parser.add_argument("--batch-size", type=int, default=256, help="videos a batch (default: %(default)s)")
+    parser.add_argument("--batch-size", type=positive_int, default=256, help="videos a batch (default: %(default)s)")
+    add_skip_corrupt(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--no-track", action="store_true", help="do not log the metrics to MLflow")
     add_verbose_flag(parser)
@@ -38,7 +40,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         from raytrain8m.evaluate import evaluate_checkpoint
         metrics = evaluate_checkpoint(args.checkpoint, args.data, batch_size=args.batch_size,
-                                      progress=not args.no_progress, track=not args.no_track)
+                                      progress=not args.no_progress, track=not args.no_track,
+                                      skip_corrupt=args.skip_corrupt)
     except Raytrain8mError as error:
         return fail(error)
     print(json.dumps(metrics, sort_keys=True))

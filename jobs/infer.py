@@ -20,19 +20,21 @@ import logging
 import sys
 from typing import Sequence
 
+from raytrain8m.cli import Parser, add_skip_corrupt, check_output, positive_int
 from raytrain8m.cli import add_verbose_flag, console
 from raytrain8m.errors import Raytrain8mError, fail
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(description=__doc__)
     parser.add_argument("--model", required=True, help="an export directory of jobs/ensemble.py")
     parser.add_argument("--data", required=True, help="test files: glob, path or URI (gs://, s3://)")
     parser.add_argument("--out", required=True, help="the submission CSV to write")
-    parser.add_argument("--batch-size", type=int, default=256, help="videos per forward pass (default: %(default)s)")
-    parser.add_argument("--workers", type=int, help="inference actors (default: one per GPU with --use-gpu, "
+    parser.add_argument("--batch-size", type=positive_int, default=256, help="videos per forward pass (default: %(default)s)")
+    parser.add_argument("--workers", type=positive_int, help="inference actors (default: one per GPU with --use-gpu, "
                                                     "else one per 2 CPUs)")
     parser.add_argument("--use-gpu", action="store_true", help="one GPU per actor")
+    add_skip_corrupt(parser)
     parser.add_argument("--no-track", action="store_true", help="do not log the run to MLflow")
     parser.add_argument("--source", choices=("saved_model", "meta_graph"), default="saved_model",
                         help="which form of the export the actors load (default: %(default)s)")
@@ -44,11 +46,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     console(args.verbose, tensorflow=True)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from raytrain8m.infer import infer
-
     try:
+        check_output(args.out, directory=False)  # before TensorFlow and Ray start
+        from raytrain8m.infer import infer
         summary = infer(args.model, args.data, args.out, batch_size=args.batch_size, workers=args.workers,
-                        use_gpu=args.use_gpu, source=args.source, track=not args.no_track)
+                        use_gpu=args.use_gpu, source=args.source, track=not args.no_track,
+                        skip_corrupt=args.skip_corrupt)
     except Raytrain8mError as error:
         return fail(error)
     print(json.dumps(summary.to_dict()))

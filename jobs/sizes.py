@@ -1,10 +1,13 @@
 """Model sizes (fp32 / fp16 MiB, parameters) from the variables each model really builds.
 
-Recipe (any machine, no GPU, about 10 s; the figures equal the paper's Table 1):
+Recipe (any machine, no GPU, about 10 s; the Gated NetVLAD figures equal the paper's Table 1):
 
-    python jobs/sizes.py                       # the paper's 18 Table-1 models, 3862 classes
+    python jobs/sizes.py                       # the paper's 18 Table-1 models, then NeXtVLAD's reference settings
     python jobs/sizes.py K24-H1440 K16-H256    # → 714.93 / 381.40 and 158.65 / 80.21 MiB
-    python jobs/sizes.py K16-H256 --classes 20 --json
+    python jobs/sizes.py nextvlad              # NX-K128-H2048 (88,970,274 parameters), NX-K112-H2048-R16 (78.7M)
+    python jobs/sizes.py K16-H256 NX-K16-H256 --classes 20 --json
+
+`paper` and `nextvlad` stand for those two lists.
 """
 from __future__ import annotations
 
@@ -25,6 +28,9 @@ TABLE1_MODELS = (
     "K64-H512", "K100-H400", "K32-H600", "K32-H512", "K16-H512", "K8-H512", "K16-H400",
     "K10-H400", "K32-H256", "K10-H300", "K16-H256",
 )
+# NeXtVLAD (Lin et al. 2018): the paper's single model and the final mixture's branch.
+NEXTVLAD_MODELS = ("NX-K128-H2048", "NX-K112-H2048-R16")
+ALIASES = {"paper": TABLE1_MODELS, "nextvlad": NEXTVLAD_MODELS}
 
 
 def built_size(config: ModelConfig) -> tuple[float, int]:
@@ -39,29 +45,31 @@ def built_size(config: ModelConfig) -> tuple[float, int]:
 
 def sizes(names: Sequence[str], num_classes: int) -> list[dict]:
     rows = []
-    for name in names:
+    for name in (part for name in names for part in ALIASES.get(name, (name,))):
         config = ModelConfig.from_name(name, num_classes=num_classes)
         fp32_mib, parameters = built_size(config)
         fp16_mib, _ = built_size(config.replace(fp16=True))
-        rows.append({"name": config.name, "cluster_size": config.cluster_size,
-                     "hidden_size": config.hidden_size, "num_classes": num_classes,
+        rows.append({"name": config.name, "family": config.family, "cluster_size": config.cluster_size,
+                     "hidden_size": config.hidden_size, "num_classes": num_classes, "params": parameters,
                      "parameters": parameters, "fp32_mib": round(fp32_mib, 2), "fp16_mib": round(fp16_mib, 2)})
     return rows
 
 
 def table(rows: Sequence[dict]) -> str:
-    lines = [f"{'model':<10} {'parameters':>12} {'fp32 MiB':>9} {'fp16 MiB':>9} {'rate':>6}"]
+    width = max(10, *(len(row["name"]) for row in rows))
+    lines = [f"{'model':<{width}} {'family':<13} {'parameters':>12} {'fp32 MiB':>9} {'fp16 MiB':>9} {'rate':>6}"]
     for row in rows:
         rate = 1 - row["fp16_mib"] / row["fp32_mib"]
-        lines.append(f"{row['name']:<10} {row['parameters']:>12,} {row['fp32_mib']:>9.2f} "
+        lines.append(f"{row['name']:<{width}} {row['family']:<13} {row['params']:>12,} {row['fp32_mib']:>9.2f} "
                      f"{row['fp16_mib']:>9.2f} {rate:>6.1%}")
     return "\n".join(lines)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("models", nargs="*", default=list(TABLE1_MODELS),
-                        help="model names K<cluster>-H<hidden> (default: the paper's 18 Table-1 models)")
+    parser.add_argument("models", nargs="*", default=["paper", "nextvlad"],
+                        help="model names K<cluster>-H<hidden> or NX-K<cluster>-H<hidden>[-G<g>][-E<λ>][-R<r>], "
+                             "or `paper` / `nextvlad` (default: both lists)")
     parser.add_argument("--classes", type=int, default=ModelConfig.num_classes,
                         help="number of classes V (default: %(default)s, the 2018 vocabulary)")
     parser.add_argument("--json", action="store_true", help="print one JSON array instead of a table")

@@ -1,4 +1,4 @@
-r"""Train a K×H grid of Gated NetVLAD models on Ray Tune, then build the model zoo (Table 1).
+r"""Train a grid of models (Gated NetVLAD K×H, NeXtVLAD NX-…) on Ray Tune, then build the zoo (Table 1).
 
 Recipes:
 
@@ -36,6 +36,7 @@ import logging
 import sys
 from typing import Sequence
 
+from raytrain8m.cli import Parser, add_skip_corrupt
 from raytrain8m.cli import add_verbose_flag, console
 from raytrain8m.errors import Raytrain8mError, fail
 
@@ -45,9 +46,10 @@ SMOKE = {"grid": "K4-H16,K8-H16", "classes": 20, "max_steps": 20, "checkpoint_ev
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(description=__doc__)
     grid = parser.add_argument_group("the grid (names, or cluster × hidden sizes, or a sweep file)")
-    grid.add_argument("--grid", default="", help="model names, e.g. K24-H1440,K32-H1024; `paper`: the paper's 28")
+    grid.add_argument("--grid", default="", help="model names of either family, e.g. "
+                      "K24-H1440,K32-H1024,NX-K112-H2048-R16; `paper`: the paper's 28")
     grid.add_argument("--cluster-sizes", default="", help="e.g. 8,16,32")
     grid.add_argument("--hidden-sizes", default="", help="e.g. 256,512,1024")
     grid.add_argument("--sweep-file", help="YAML/JSON: grid, cluster_sizes, hidden_sizes, classes, "
@@ -61,6 +63,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     train.add_argument("--lr", dest="learning_rate", type=float,
                        help="base learning rate (TrainConfig's default: the paper's 1e-4)")
     train.add_argument("--workers-per-trial", type=int, help="data-parallel workers per model (default 1)")
+    add_skip_corrupt(train)
     train.add_argument("--batch-sizes", default="", help="per-worker batch sizes to try on a GPU, largest "
                                                         "first (default: 160,80,40,20, the paper's)")
     run = parser.add_argument_group("the sweep")
@@ -105,6 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args.grid, args.cluster_sizes, args.hidden_sizes, args.classes, args.workers_per_trial,
                 args.sweep_file, train_data=args.train_data, validate_data=args.validate_data,
                 max_steps=args.max_steps, checkpoint_every=args.checkpoint_every,
+                skip_corrupt=args.skip_corrupt or None,
                 **{key: getattr(args, key, None) for key in ("eval_every", "eval_batches", "log_every", "batch_size", "learning_rate")})
             if args.batch_sizes:
                 spec = spec.replace(batch_sizes=tuple(placement.parse_ints(args.batch_sizes, "batch sizes")))

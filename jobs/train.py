@@ -1,4 +1,4 @@
-"""Train one Gated NetVLAD model on Ray Train; checkpoints every N steps, tracked in MLflow.
+"""Train one model (Gated NetVLAD or NeXtVLAD) on Ray Train; checkpoints every N steps, tracked in MLflow.
 
 Recipe (the paper's K16-H256 "P": 200k steps at batch 80, 2–3 days on one GTX 1080 Ti,
 about half a day on one A100; validate GAP ≈ 0.855–0.86 on the 2018 frame-level data):
@@ -8,6 +8,7 @@ about half a day on one A100; validate GAP ≈ 0.855–0.86 on the 2018 frame-le
         --batch-size 80 --max-steps 200000 --out runs/train
 
     python jobs/train.py --model K16-H256 ... --resume     # continue the same run after a stop
+    python jobs/train.py --model NX-K112-H2048-R16 ...    # NeXtVLAD (G=8, λ=2 by default; -G/-E/-R suffixes)
     python jobs/train.py --smoke                           # 1–2 min on a laptop CPU, synthetic data
 
 A run lives in OUT/RUN_NAME/checkpoint_<step>/ (model.json, state.json, weights); the same
@@ -23,9 +24,10 @@ import sys
 from typing import Any, Sequence
 
 from raytrain8m import settings
+from raytrain8m.cli import Parser, check_output
 from raytrain8m.cli import add_verbose_flag, console
 from raytrain8m.errors import ConfigError, Raytrain8mError, fail
-from raytrain8m.models import ModelConfig
+from raytrain8m.models import NAME_FIELDS, ModelConfig
 from raytrain8m.train import TrainConfig
 
 # Flag names that differ from the field names (the field's own name is accepted too).
@@ -58,16 +60,18 @@ def _add_fields(parser: argparse.ArgumentParser, cls: type, skip: set[str]) -> N
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", dest="model_name", help="K<cluster>-H<hidden>, e.g. K32-H1024 "
+    parser = Parser(description=__doc__)
+    parser.add_argument("--model", dest="model_name", help="K<cluster>-H<hidden> (Gated NetVLAD, e.g. K32-H1024) or "
+                        "NX-K<cluster>-H<hidden>[-G<groups>][-E<expansion>][-R<reduction>] (NeXtVLAD) "
                         f"(default: {ModelConfig().name}); or --cluster-size/--hidden-size")
-    parser.add_argument("--model-type", dest="model", default=None,
-                        help="models registry entry (default: gated_netvlad; 'baseline' for the mean-pool baseline)")
+    parser.add_argument("--model-type", "--family", dest="family", default=None,
+                        help="model family (default: from --model, else gated_netvlad; 'nextvlad'; 'baseline' "
+                             "for the mean-pool baseline)")
     parser.add_argument("--resume", action="store_true",
                         help="continue OUT/RUN_NAME from its latest checkpoint (required if it has any)")
     parser.add_argument("--smoke", action="store_true",
                         help="a tiny model on synthetic data (generated under RAYTRAIN8M_DATA/smoke)")
-    _add_fields(parser, ModelConfig, {"model", "fp16", "rgb_size", "audio_size"})
+    _add_fields(parser, ModelConfig, {"family", "fp16", "rgb_size", "audio_size"})
     _add_fields(parser, TrainConfig, NOT_FLAGS)
     add_verbose_flag(parser)
     return parser.parse_args(argv)
@@ -83,7 +87,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         if "cluster_size" in given or "hidden_size" in given:
             raise ConfigError("give --model K<cluster>-H<hidden> or --cluster-size/--hidden-size, not both")
         named = ModelConfig.from_name(given["model_name"])
-        model_values.update(cluster_size=named.cluster_size, hidden_size=named.hidden_size)
+        model_values.update({field: getattr(named, field) for field in NAME_FIELDS})
     model_values.update({key: value for key, value in given.items() if key in model_fields})
     train_fields = {field.name for field in dataclasses.fields(TrainConfig)} - NOT_FLAGS
     train_values = {key: value for key, value in given.items() if key in train_fields}
@@ -120,6 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         config = config_from_args(args)
+        check_output(config.resolved().out)
         if args.smoke:
             config = _smoke_data(config)
         _check_resume(config, args.resume)

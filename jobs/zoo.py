@@ -15,13 +15,14 @@ import json
 import sys
 from typing import Sequence
 
+from raytrain8m.cli import Parser
 from raytrain8m.cli import add_verbose_flag, console
 from raytrain8m.errors import ConfigError, Raytrain8mError, fail
 from raytrain8m.zoo import load_zoo
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(description=__doc__)
     parser.add_argument("zoo", nargs="?", default="runs/sweep/zoo.json", help="zoo.json (default: %(default)s)")
     parser.add_argument("--pin", action="append", default=[], metavar="LETTER=MODEL",
                         help="pin a letter to a model, e.g. Y=K24-H1440 (repeatable); saves zoo.json")

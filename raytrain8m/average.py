@@ -18,16 +18,15 @@ import numpy as np
 
 from raytrain8m.checkpoint import Checkpoint, list_checkpoints, load_checkpoint, read_state, save_checkpoint
 from raytrain8m.errors import CheckpointError, ConfigError
-from raytrain8m.models import ModelConfig, variable_specs
+from raytrain8m.models import ModelConfig, family, variable_specs
 
 log = logging.getLogger(__name__)
 
 
 def model_tensors(checkpoint: Checkpoint) -> dict[str, np.ndarray]:
-    """The model's variables of a checkpoint (moving statistics included, step/optimizer excluded)."""
-    if checkpoint.config.model != "gated_netvlad":
-        raise ConfigError(f"{checkpoint.path}: model {checkpoint.config.model!r}; averaging, fp16 and "
-                          "ensembles handle gated_netvlad checkpoints only")
+    """The model's variables of a checkpoint (moving statistics included, step/optimizer excluded),
+    as its family (the registry) names them."""
+    family(checkpoint.config)  # an unknown family fails here, plainly
     names = [spec.name for spec in variable_specs(checkpoint.config)]
     missing = [name for name in names if name not in checkpoint.tensors]
     if missing:

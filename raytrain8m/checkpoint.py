@@ -24,6 +24,7 @@ from raytrain8m.models.config import MODEL_JSON, ModelConfig
 WEIGHTS = "weights"
 STATE_JSON = "state.json"
 OPTIMIZER_PREFIX = "optimizer/"
+FILES_KEY = "files"  # in state.json: {file name: size} of the checkpoint's other files
 
 
 @dataclasses.dataclass
@@ -58,7 +59,10 @@ def save_checkpoint(directory: str | os.PathLike, config: ModelConfig,
                           shape_and_slices=[""] * len(names),
                           tensors=[tf.convert_to_tensor(tensors[name]) for name in names])
         (staging / MODEL_JSON).write_text(config.to_json() + "\n")
-        _write_json(staging / STATE_JSON, {"step": int(step), **dict(state or {})})
+        # state.json lists the other files' sizes: a copy (Ray Train persists checkpoints by
+        # copying files, not renaming a directory) is complete only when they all match.
+        files = {path.name: path.stat().st_size for path in sorted(staging.iterdir())}
+        _write_json(staging / STATE_JSON, {"step": int(step), **dict(state or {}), FILES_KEY: files})
         if directory.exists():
             shutil.rmtree(directory)
         staging.rename(directory)
@@ -106,9 +110,23 @@ def check_same_model(directory: str | os.PathLike, config: ModelConfig) -> None:
 
 
 def is_checkpoint(directory: str | os.PathLike) -> bool:
+    """Is `directory` a complete checkpoint (every file there, at the size state.json lists)?"""
     directory = Path(directory)
-    return (directory / MODEL_JSON).is_file() and (directory / STATE_JSON).is_file() \
-        and (directory / f"{WEIGHTS}.index").is_file()
+    if not ((directory / MODEL_JSON).is_file() and (directory / STATE_JSON).is_file()
+            and (directory / f"{WEIGHTS}.index").is_file()):
+        return False
+    try:
+        state = json.loads((directory / STATE_JSON).read_text())
+    except (json.JSONDecodeError, OSError):  # still being copied
+        return False
+    files = state.get(FILES_KEY)
+    if not isinstance(files, dict):  # written before state.json listed the files
+        return "step" in state
+    for name, size in files.items():
+        path = directory / name
+        if not path.is_file() or path.stat().st_size != size:
+            return False
+    return "step" in state
 
 
 def list_checkpoints(root: str | os.PathLike) -> list[Path]:

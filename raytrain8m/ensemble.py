@@ -20,7 +20,7 @@ import numpy as np
 
 from raytrain8m.checkpoint import is_checkpoint, read_config
 from raytrain8m.errors import BudgetError, CheckpointError, ConfigError
-from raytrain8m.models import ModelConfig, size_mib
+from raytrain8m.models import ModelConfig, family, size_mib
 from raytrain8m.models.config import DEFAULT_BUDGET_MIB
 
 log = logging.getLogger(__name__)
@@ -39,7 +39,8 @@ class Member:
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "letter": self.letter, "checkpoint": self.checkpoint,
-                "fp16_mib": round(self.fp16_mib, 3), "gap": self.gap, "cluster_size": self.config.cluster_size,
+                "fp16_mib": round(self.fp16_mib, 3), "gap": self.gap, "family": self.config.family,
+                "cluster_size": self.config.cluster_size,
                 "hidden_size": self.config.hidden_size, "num_classes": self.config.num_classes}
 
 
@@ -50,8 +51,7 @@ def member_from_checkpoint(path: str | os.PathLike, letter: str | None = None,
         raise CheckpointError(f"{path}: missing or incomplete checkpoint (needs model.json, state.json, "
                               "weights.index)")
     config = read_config(path).replace(fp16=False)
-    if config.model != "gated_netvlad":
-        raise ConfigError(f"{path}: model {config.model!r} cannot be an ensemble member (gated_netvlad only)")
+    family(config)  # any registered family can be a member; an unknown one fails here
     return Member(config.name, str(path.resolve()), config, size_mib(config, fp16=True), letter, gap)
 
 
@@ -134,9 +134,12 @@ def parse_weights(text: str | None) -> list[float] | None:
     if text is None:
         return None
     try:
-        return [float(part) for part in text.split(",") if part.strip()]
+        weights = [float(part) for part in text.split(",") if part.strip()]
     except ValueError as error:
         raise ConfigError(f"--weights must be comma-separated numbers, got {text!r}") from error
+    if any(not weight >= 0 for weight in weights):
+        raise ConfigError(f"--weights must be >= 0 (a member's share of the ensemble), got {text!r}")
+    return weights
 
 
 # -- validate predictions, computed once ----------------------------------------------------------

@@ -7,7 +7,8 @@ Layout of DIR (docs/design.md, "MetaGraph contract"):
   inference_model/model_flags.json, model_flags.json   the keys the starter reads
   saved_model/                                         serving signature (frames, num_frames) → predictions
   ensemble.json                                        members, weights, size, validate GAP
-Members live under `member<i>/tower/…`, big tensors stored as float16 (paper 2.3 step 2–3).
+Members (of any family in the registry) live under `member<i>/tower/…`, their big tensors
+stored as float16 (paper 2.3 step 2–3).
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ from raytrain8m.average import model_tensors
 from raytrain8m.checkpoint import load_checkpoint
 from raytrain8m.compress import to_fp16
 from raytrain8m.errors import ConfigError
-from raytrain8m.models import GatedNetVLAD, ModelConfig, create_variables
+from raytrain8m.models import ModelConfig, create_variables, from_variables
 
 if TYPE_CHECKING:
     from raytrain8m.ensemble import Member
@@ -46,7 +47,7 @@ def member_scope(index: int) -> str:
     return f"member{index}"
 
 
-def ensemble_predictions(models: Sequence[GatedNetVLAD], weights: Sequence[float], frames: tf.Tensor,
+def ensemble_predictions(models: Sequence[Any], weights: Sequence[float], frames: tf.Tensor,
                          num_frames: tf.Tensor) -> tf.Tensor:
     """Σ weight_i × member_i (deterministic frame sampling, moving batch-norm statistics)."""
     total = None
@@ -74,7 +75,7 @@ def write_meta_graph(configs: Sequence[ModelConfig], tensors: Sequence[dict[str,
         for index, config in enumerate(configs):
             with tf.compat.v1.variable_scope(member_scope(index)):
                 members.append(create_variables(config, zeros=True))
-        models = [GatedNetVLAD(config, variables) for config, variables in zip(configs, members)]
+        models = [from_variables(config, variables) for config, variables in zip(configs, members)]
         predictions = tf.identity(ensemble_predictions(models, weights, frames, num_frames), name="predictions")
         tf.compat.v1.add_to_collection("input_batch_raw", frames)
         tf.compat.v1.add_to_collection("num_frames", num_frames)
@@ -106,7 +107,7 @@ class EnsembleModule(tf.Module):
         for index, (config, values) in enumerate(zip(configs, tensors)):
             variables = create_variables(config, zeros=True, prefix=member_scope(index) + "/")
             _assign(variables, values)
-            models.append(GatedNetVLAD(config, variables))
+            models.append(from_variables(config, variables))
             self.member_variables.append(list(variables.values()))
         self._models = tuple(models)
         spec = (tf.TensorSpec([None, None, configs[0].feature_size], tf.float32, name="frames"),
@@ -123,6 +124,7 @@ def model_flags(configs: Sequence[ModelConfig], members: Sequence["Member"], wei
         "feature_sizes": f"{configs[0].rgb_size},{configs[0].audio_size}", "frame_features": True,
         "label_loss": "CrossEntropyLoss", "num_classes": configs[0].num_classes,
         "ensemble_num": len(configs), "ensemble_wts": list(weights),
+        "families": [c.family for c in configs],
         "netvlad_cluster_size": [c.cluster_size for c in configs],
         "netvlad_hidden_size": [c.hidden_size for c in configs],
         "members": [m.letter or m.name for m in members],

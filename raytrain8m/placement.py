@@ -17,6 +17,7 @@ from typing import Any, Iterable, Mapping, Sequence
 from raytrain8m.errors import ConfigError
 from raytrain8m.gpus import GPU_PROFILES, GPU_TYPE_LABEL, GpuProfile
 from raytrain8m.models import ModelConfig, flops_per_video, num_parameters, size_mib
+from raytrain8m.models import activation_floats as activation_floats_per_video
 
 log = logging.getLogger(__name__)
 
@@ -91,14 +92,9 @@ class MemoryEstimate:
 
 
 def activation_floats(config: ModelConfig, batch_size: int) -> int:
-    """Floats of the forward tensors of one batch; NetVLAD's residuals dominate."""
-    k, v, m = config.cluster_size, config.num_classes, config.num_mixtures
-    frames = config.iterations
-    vlad = config.rgb_size * k + config.audio_size * (k // 2)
-    per_video = (frames * (vlad + config.feature_size + k + k // 2)  # residuals, input, assignments
-                 + 2 * vlad + 6 * config.hidden_size                   # normalised VLAD, hidden, gating
-                 + v * (2 * m + 1) + 2 * v)                            # MoE gates/experts, output gating
-    return batch_size * per_video
+    """Floats of the forward tensors of one batch, from the model's family (NetVLAD's residuals,
+    NeXtVLAD's expanded frames and group assignments dominate)."""
+    return batch_size * activation_floats_per_video(config)
 
 
 def memory_estimate(config: ModelConfig, batch_size: int) -> MemoryEstimate:

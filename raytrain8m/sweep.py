@@ -27,7 +27,7 @@ from typing import Any, Mapping, Sequence
 from raytrain8m import tracking
 from raytrain8m.errors import ConfigError
 from raytrain8m.gpus import GPU_PROFILES, GpuProfile
-from raytrain8m.models import ModelConfig
+from raytrain8m.models import NAME_FIELDS, ModelConfig
 from raytrain8m.placement import (BATCH_SIZES, CPU, Placement, cluster_has_gpus, gpu_inventory, parse_grid, plan,
                                   plan_table, worker_gpu_types)
 from raytrain8m.sweep_records import (SWEEP_JSON, TRAIN_DIR, TRIAL_JSON, TrialOutcome, finished_trial, read_sweep,
@@ -125,6 +125,12 @@ class SweepResult:
         return [trial for trial in self.trials if trial.status == "TERMINATED" and not trial.error]
 
 
+def trial_model(name: str, shared: ModelConfig) -> ModelConfig:
+    """A grid entry's config: its name sets the family and its sizes, `shared` the rest (classes…)."""
+    return ModelConfig.from_name(name, **{key: value for key, value in shared.to_dict().items()
+                                          if key not in NAME_FIELDS})
+
+
 def run_trial(config: dict[str, Any]) -> None:
     """Tune's function trainable: one model's Ray Train run on the GPU type of its placement."""
     from ray import tune
@@ -135,8 +141,7 @@ def run_trial(config: dict[str, Any]) -> None:
     sweep = config["sweep"]
     settings = {key: value for key, value in config.items() if key not in ("placement", "sweep")}
     base = TrainConfig.from_dict(settings)
-    model = ModelConfig.from_name(placement.model, **{
-        key: value for key, value in base.model.to_dict().items() if key not in ("cluster_size", "hidden_size")})
+    model = trial_model(placement.model, base.model)
     train_config = base.replace(model=model, batch_size=placement.batch_size, run_name=placement.model,
                                 num_workers=sweep["workers_per_trial"], use_gpu=sweep["use_gpu"][placement.model],
                                 out=sweep["train_out"], tracking_uri=sweep["tracking_uri"])
@@ -216,8 +221,14 @@ def run_sweep(spec: SweepSpec, out: str | os.PathLike, max_concurrent: int | Non
               max_failures: int = 2, placements: Sequence[Placement] | None = None,
               name: str = "", profiles: Mapping[str, GpuProfile] = GPU_PROFILES) -> SweepResult:
     """Plan (refusing configs that fit nowhere), open the parent MLflow run, run every trial."""
-    _init_ray()
+    from raytrain8m.cli import check_output
+    from raytrain8m.data import files
+
     out = Path(out).expanduser().absolute()
+    check_output(out)
+    for data in (spec.train.resolved().train_data, spec.train.resolved().validate_data):
+        files.expand(data)  # missing or empty files: an error now, not in every trial
+    _init_ray()
     if (out / SWEEP_JSON).exists() or (out / TUNE_DIR).exists():
         raise ConfigError(f"{out} already holds a sweep; resume it (--resume) or choose another --out")
     placements = list(placements) if placements is not None else plan_sweep(spec, profiles=profiles)

@@ -14,20 +14,32 @@ import os
 from pathlib import Path
 from typing import Any, Mapping
 
-from raytrain8m import localray, settings
+from raytrain8m import localray, settings, tracking
 from raytrain8m.errors import ConfigError, Raytrain8mError
-from raytrain8m.models import ModelConfig
+from raytrain8m.models import ModelConfig, family
 from raytrain8m.models.config import only_known_keys
+
+
+# checkpoint.py imports TensorFlow: imported on first use, so that `--help` stays quick.
+def list_checkpoints(*args, **kwargs):
+    from raytrain8m.checkpoint import list_checkpoints as call
+    return call(*args, **kwargs)
+
+
+def check_same_model(*args, **kwargs):
+    from raytrain8m.checkpoint import check_same_model as call
+    return call(*args, **kwargs)
+
+
+def read_state(*args, **kwargs):
+    from raytrain8m.checkpoint import read_state as call
+    return call(*args, **kwargs)
 
 log = logging.getLogger(__name__)
 
 MLFLOW_JSON = "mlflow.json"  # in the run directory: the MLflow run a resumed fit logs into
-
-
-def _tracking():
-    """MLflow, imported when first used (commands' `--help` never pays for it)."""
-    from raytrain8m import tracking
-    return tracking
+ERROR_JSON = "data_error.json"  # in the run directory: a worker's own error (file, record, why)
+ERROR_LOG = "error.log"  # in the run directory: the full traceback of a failed fit, Ray's wrapping included
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,15 +70,13 @@ class TrainConfig:
     out: str = ""                 # "" = <RAYTRAIN8M_RUNS>/train
     mlflow_run_id: str = ""       # set by `fit`: the run rank 0 logs into
     tracking_uri: str = ""        # set by `fit`: the MLflow store workers log to
+    skip_corrupt: bool = False    # leave out corrupt records (counted: MLflow `skipped_records`)
     crash_at_step: int = 0        # testing only: SIGKILL worker 1 once at this step
 
     def __post_init__(self) -> None:
         if isinstance(self.model, Mapping):
             object.__setattr__(self, "model", ModelConfig.from_dict(dict(self.model)))
-        from raytrain8m.models import MODELS  # TensorFlow: not at import (`--help` stays quick)
-
-        if self.model.model not in MODELS:
-            raise ConfigError(f"unknown model {self.model.model!r}; known: {', '.join(MODELS)}")
+        family(self.model)  # an unknown family fails here
         for field in ("batch_size", "max_steps", "checkpoint_every", "decay_examples", "num_workers",
                       "max_frames", "log_every"):
             value = getattr(self, field)
@@ -104,7 +114,7 @@ class TrainConfig:
             experiment=self.experiment or settings.experiment_name(),
             run_name=self.run_name or self.model.name,
             out=str(Path(self.out).expanduser().absolute()) if self.out else str(settings.runs_dir() / "train"),
-            tracking_uri=self.tracking_uri or _tracking().tracking_uri(),
+            tracking_uri=self.tracking_uri or tracking.tracking_uri(),
         )
 
     @property
@@ -113,7 +123,7 @@ class TrainConfig:
 
     def params(self) -> dict[str, Any]:
         """What MLflow records as the run's params."""
-        return {"model": self.model.name, "model_type": self.model.model,
+        return {"model": self.model.name, "model_type": self.model.family,
                 "cluster_size": self.model.cluster_size, "hidden_size": self.model.hidden_size,
                 "num_classes": self.model.num_classes, "num_mixtures": self.model.num_mixtures,
                 "iterations": self.model.iterations, "batch_size": self.batch_size,
@@ -123,7 +133,7 @@ class TrainConfig:
                 "checkpoint_every": self.checkpoint_every, "eval_every": self.eval_every,
                 "num_workers": self.num_workers, "use_gpu": self.use_gpu, "seed": self.seed,
                 "max_frames": self.max_frames, "train_data": self.train_data,
-                "validate_data": self.validate_data}
+                "validate_data": self.validate_data, "skip_corrupt": self.skip_corrupt}
 
 
 def _absolute(path: str) -> str:
@@ -141,18 +151,26 @@ class TrainResult:
 
 
 def check_inputs(config: TrainConfig) -> None:
-    """Fail before starting workers: missing files, labels beyond `num_classes`, another model's run."""
+    """Fail before starting workers: an output that cannot be written, missing or empty files, a split
+    without labels, labels beyond `num_classes`, another model's run."""
+    from raytrain8m.cli import check_output
     from raytrain8m.data import files
-    from raytrain8m.data.batches import iter_batches
+    from raytrain8m.data.batches import iter_batches, to_model_inputs
+    from raytrain8m.data.schema import DataError
 
+    check_output(config.out)
     files.expand(config.train_data)
     if config.eval_every or config.eval_batches:
         files.expand(config.validate_data)
     # Labels are checked again while reading; the first batch catches a wrong --classes at once.
-    next(iter(iter_batches(config.train_data, config.batch_size, num_classes=config.model.num_classes)), None)
+    first = next(iter(iter_batches(config.train_data, config.batch_size, num_classes=config.model.num_classes,
+                                   skip_corrupt=config.skip_corrupt, max_frames=config.max_frames)), None)
+    if first is None:
+        raise DataError(config.train_data, None, "no video to train on")
+    if to_model_inputs(first, config.model.num_classes, config.max_frames)[2] is None:
+        raise DataError(config.train_data, None, "videos without labels: training needs labelled splits "
+                                                 "(train*, validate*; not test*)")
     if config.run_dir.exists():
-        from raytrain8m.checkpoint import check_same_model, list_checkpoints
-
         existing = list_checkpoints(config.run_dir)
         if existing:
             check_same_model(existing[-1], config.model)
@@ -167,7 +185,7 @@ def _mlflow_run(config: TrainConfig, parent_run_id: str | None, tags: Mapping[st
         saved = json.loads(record.read_text())
         if saved.get("tracking_uri") == config.tracking_uri:
             return saved["run_id"]
-    run = _tracking().start_run(config.run_name, config.experiment, parent_run_id=parent_run_id,
+    run = tracking.start_run(config.run_name, config.experiment, parent_run_id=parent_run_id,
                              tags={"stage": "train", "model": config.model.name, **dict(tags or {})},
                              uri=config.tracking_uri)
     config.run_dir.mkdir(parents=True, exist_ok=True)
@@ -175,16 +193,56 @@ def _mlflow_run(config: TrainConfig, parent_run_id: str | None, tags: Mapping[st
     return run.run_id
 
 
-def _worker_error(error: Exception) -> Exception:
-    """The first of our own errors inside Ray Train's wrapping, else `error` itself."""
-    failures = getattr(error, "worker_failures", None) or {}
-    for failure in failures.values():
-        seen = failure
-        while seen is not None:
-            if isinstance(seen, Raytrain8mError):
-                return seen
-            seen = getattr(seen, "cause", None) or seen.__cause__
+def _worker_error(error: Exception, run_dir: Path) -> Exception:
+    """The error to show for a failed fit: a worker's own error (from Ray's wrapping, else from the
+    record the worker left in the run directory), else `error` itself. Ray's traceback goes to
+    `run_dir/error.log`, not to the terminal."""
+    import traceback
+
+    from raytrain8m.data.schema import DataError
+
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / ERROR_LOG).write_text("".join(traceback.format_exception(error)))
+    except OSError:
+        pass
+    try:
+        from raytrain8m.failures import own_error
+        found = own_error(error)
+    except ImportError:
+        found = error if isinstance(error, Raytrain8mError) else None
+    if found is not None:
+        return found
+    record = run_dir / ERROR_JSON
+    if record.is_file():
+        saved = json.loads(record.read_text())
+        if saved.get("type") == "DataError":
+            return DataError(saved.get("path"), saved.get("record"), saved.get("why", ""))
+        return Raytrain8mError(saved.get("message", ""))
     return error
+
+
+def write_error_record(run_dir: Path, error: Raytrain8mError, rank: int | None = None) -> None:
+    """A worker's own error, for the driver (Ray may wrap it past recognition or retry it).
+    `failed_workers` has one entry per worker process that failed with it during this fit: a
+    retried attempt would add its own (new processes)."""
+    worker = {"rank": rank, "pid": os.getpid()}
+    payload = {"type": type(error).__name__, "message": str(error), "path": getattr(error, "path", None),
+               "record": getattr(error, "record", None), "why": getattr(error, "why", None),
+               "failed_workers": [worker]}
+    try:
+        previous = json.loads((run_dir / ERROR_JSON).read_text())
+        payload["failed_workers"] = [entry for entry in previous.get("failed_workers", []) if entry != worker] \
+            + [worker]
+    except (OSError, ValueError):
+        pass
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        staging = run_dir / f".{ERROR_JSON}.tmp-{os.getpid()}"
+        staging.write_text(json.dumps(payload) + "\n")
+        os.replace(staging, run_dir / ERROR_JSON)
+    except OSError as failure:
+        log.warning("could not record the error in %s (%s)", run_dir, failure)
 
 
 def _check_cpus_left_for_data(config: TrainConfig, resources: Mapping[str, float] | None,
@@ -198,7 +256,7 @@ def _check_cpus_left_for_data(config: TrainConfig, resources: Mapping[str, float
 
 
 def _trainer(config: TrainConfig, resources_per_worker: Mapping[str, float] | None,
-             scaling_options: Mapping[str, Any] | None):
+             scaling_options: Mapping[str, Any] | None, skip_counter=None):
     """Ray (local unless RAY_ADDRESS says otherwise), the train dataset and the TensorflowTrainer."""
     import ray
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
@@ -207,11 +265,16 @@ def _trainer(config: TrainConfig, resources_per_worker: Mapping[str, float] | No
     from raytrain8m.data import read_dataset
     from raytrain8m.trainloop import train_loop_per_worker
 
-    # Locally, logical CPUs beyond the cores leave room for Ray Data's read tasks.
-    localray.start(num_cpus=max(os.cpu_count() or 1, config.num_workers + 2))
+    try:
+        from raytrain8m import failures
+        failures.install()  # a DataError fails the run at once; faults are still retried
+    except ImportError:  # another Ray: the worker's error record still reaches the driver
+        pass
+    _init_ray(config)
     resources = dict(resources_per_worker) if resources_per_worker else None
     _check_cpus_left_for_data(config, resources, ray.cluster_resources().get("CPU", 0))
-    dataset = read_dataset(config.train_data, num_classes=config.model.num_classes, max_frames=config.max_frames)
+    dataset = read_dataset(config.train_data, num_classes=config.model.num_classes, max_frames=config.max_frames,
+                           skip_corrupt=config.skip_corrupt, skip_counter=skip_counter)
     dataset.context.enable_progress_bars = False  # rank 0's progress line is the one to read
     dataset.context.print_on_execution_start = False  # else two lines at every epoch
     return TensorflowTrainer(
@@ -242,32 +305,66 @@ def fit(config: TrainConfig, parent_run_id: str | None = None, tags: Mapping[str
     """
     config = config.resolved()
     check_inputs(config)
+    (config.run_dir / ERROR_JSON).unlink(missing_ok=True)  # a previous attempt's
     run_id = _mlflow_run(config, parent_run_id, tags)
     config = config.replace(mlflow_run_id=run_id)
-    logger = _tracking().RunLogger(run_id, config.tracking_uri)
-    logger.log_params(config.params())
-    logger.set_tags({"run_dir": str(config.run_dir)})
-    if config.model.model == "gated_netvlad":
-        logger.log_sizes(config.model)
-
+    logger = tracking.RunLogger(run_id, config.tracking_uri)
+    skip_counter = None
     try:
-        trainer = _trainer(config, resources_per_worker, scaling_options)
+        logger.log_params(config.params())
+        logger.set_tags({"run_dir": str(config.run_dir)})
+        logger.log_sizes(config.model)
+        if config.skip_corrupt:
+            from raytrain8m.data.datasource import SkipCounter
+            _init_ray(config)
+            skip_counter = SkipCounter.remote()
+        trainer = _trainer(config, resources_per_worker, scaling_options, skip_counter)
         log.info("training %s for %d steps on %d worker(s) into %s", config.model.name, config.max_steps,
                  config.num_workers, config.run_dir)
         result = trainer.fit()
-    except Exception as error:  # Ray wraps worker errors; show ours plainly
+    except BaseException as error:  # Ray wraps worker errors; show ours plainly. Never leave RUNNING.
+        _log_skipped(skip_counter, logger)
         logger.end("FAILED")
-        cause = _worker_error(error)
+        if not isinstance(error, Exception):
+            raise
+        cause = _worker_error(error, config.run_dir)
         if cause is not error:
-            raise cause from error
+            raise cause from None
         raise
-    from raytrain8m.checkpoint import list_checkpoints, read_state
-
     checkpoints = list_checkpoints(config.run_dir)
     for path in checkpoints:
         logger.log_checkpoint(path, read_state(path)["step"])
+    skipped = _log_skipped(skip_counter, logger)
     logger.end("FINISHED")
     metrics = dict(result.metrics or {})
     if checkpoints:
         metrics = {**read_state(checkpoints[-1]).get("metrics", {}), **metrics}
+    if skipped is not None:
+        metrics["skipped_records"] = skipped
     return TrainResult(checkpoints, metrics, config.run_dir, run_id, config)
+
+
+def _init_ray(config: TrainConfig) -> None:
+    """Ray, local unless RAY_ADDRESS says otherwise (nothing to do when it is up already)."""
+    # Locally, logical CPUs beyond the cores leave room for Ray Data's read tasks.
+    localray.start(num_cpus=max(os.cpu_count() or 1, config.num_workers + 2))
+
+
+def _log_skipped(skip_counter, logger) -> int | None:
+    """The corrupt records the run's readers left out, to MLflow and the log; None without skip_corrupt."""
+    if skip_counter is None:
+        return None
+    import ray
+
+    try:
+        skipped, by_file = ray.get(skip_counter.total.remote(), timeout=30)
+    except Exception as error:  # the count is a report; never hide the run's own outcome
+        log.warning("could not read the skipped-record count (%s)", error)
+        return None
+    finally:
+        ray.kill(skip_counter)
+    logger.log_metrics({"skipped_records": skipped})
+    if skipped:
+        log.warning("skip_corrupt: %d corrupt records left out (%s)", skipped,
+                    ", ".join(f"{path}: {count}" for path, count in sorted(by_file.items())))
+    return skipped

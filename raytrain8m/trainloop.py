@@ -21,12 +21,13 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from raytrain8m.checkpoint import OPTIMIZER_PREFIX, check_same_model, load_checkpoint, save_checkpoint
+from raytrain8m.checkpoint import (OPTIMIZER_PREFIX, check_same_model, is_checkpoint, list_checkpoints,
+                                   load_checkpoint, read_state, save_checkpoint)
 from raytrain8m.data import DataError, to_model_inputs
 from raytrain8m.errors import Raytrain8mError
 from raytrain8m.gpus import visible_gpus
 from raytrain8m.models import MODELS, cross_entropy
-from raytrain8m.train import TrainConfig
+from raytrain8m.train import TrainConfig, write_error_record
 
 log = logging.getLogger("raytrain8m.train")
 
@@ -144,10 +145,11 @@ def evaluate_snapshot(config: TrainConfig, tensors: dict[str, np.ndarray]) -> di
 
     if tf.distribute.has_strategy():
         raise TrainingError("evaluate_snapshot must run outside the training strategy's scope")
-    metrics = evaluate(predictor(model_from_tensors(config.model, tensors)), config.validate_data, config.model.num_classes, batch_size=256,
-                       max_batches=config.eval_batches or None, progress=False)
-    return {("eval_videos" if key == "examples" else key): float(value)
-            for key, value in metrics.items() if isinstance(value, (int, float))}
+    metrics = evaluate(predictor(model_from_tensors(config.model, tensors)), config.validate_data,
+                       config.model.num_classes, batch_size=256, max_batches=config.eval_batches or None,
+                       progress=False, skip_corrupt=config.skip_corrupt)
+    names = {"examples": "eval_videos", "skipped_records": "eval_skipped_records"}
+    return {names.get(key, key): float(value) for key, value in metrics.items() if isinstance(value, (int, float))}
 
 
 def batches(shard, config: TrainConfig) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
@@ -230,6 +232,12 @@ def _report(metrics: dict, rank: int, step: int, config: TrainConfig, tensors: d
         ray.train.report(metrics)
         return
     name = f"checkpoint_{step:08d}"
+    target = Path(config.out) / config.run_name / name
+    if is_checkpoint(target):  # resuming from the newest complete checkpoint never gets here
+        raise TrainingError(f"{target} already holds a complete checkpoint; refusing to overwrite it")
+    if target.exists():  # a copy cut short (the process died while Ray copied it): not a checkpoint
+        log.warning("removing %s: an incomplete checkpoint copy", target)
+        shutil.rmtree(target)
     staging = Path(tempfile.mkdtemp(prefix="raytrain8m-"))
     try:
         path = save_checkpoint(staging / name, config.model, tensors, step, state)
@@ -241,13 +249,46 @@ def _report(metrics: dict, rank: int, step: int, config: TrainConfig, tensors: d
         logger.log_checkpoint(Path(config.out) / config.run_name / name, step)
 
 
+def resume_point(config: TrainConfig) -> str | None:
+    """The checkpoint to resume from: the newest complete one in the run directory, whatever Ray
+    Train's snapshot says (it can lag the disk by a checkpoint when a process dies); Ray's own
+    (None here) only if it is newer, e.g. with storage elsewhere."""
+    import ray.train
+
+    run_dir = Path(config.out) / config.run_name
+    on_disk = list_checkpoints(run_dir) if run_dir.is_dir() else []
+    newest = on_disk[-1] if on_disk else None
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None and newest is not None:
+        with checkpoint.as_directory() as directory:
+            if read_state(directory)["step"] > read_state(newest)["step"]:
+                return None
+    return str(newest) if newest is not None else None
+
+
 def train_loop_per_worker(config: dict) -> None:
-    """Ray Train's entry point on each worker: train to `max_steps`, resuming from Ray's checkpoint."""
+    """Ray Train's entry point on each worker: train to `max_steps`, resuming from the newest
+    complete checkpoint. Our own errors are recorded in the run directory for the driver."""
+    config = TrainConfig.from_dict(config)
+    try:
+        _train(config)
+    except Exception as error:
+        try:
+            from raytrain8m.failures import own_error
+            own = own_error(error)
+        except ImportError:  # another Ray
+            own = error if isinstance(error, Raytrain8mError) else None
+        if own is not None:
+            import ray.train
+            write_error_record(Path(config.out) / config.run_name, own, ray.train.get_context().get_world_rank())
+        raise
+
+
+def _train(config: TrainConfig) -> None:
     import ray.train
 
     from raytrain8m import tracking
 
-    config = TrainConfig.from_dict(config)
     context = ray.train.get_context()
     rank = context.get_world_rank()
     tf.get_logger().setLevel(logging.ERROR)  # else "Collective all_reduce tensors: …" at every new shape
@@ -263,8 +304,11 @@ def train_loop_per_worker(config: dict) -> None:
         optimizer = make_optimizer(config)
         optimizer.build([variable for variable in model.variables.values() if variable.trainable])
     state: dict[str, Any] = {}
+    newest = resume_point(config)
     checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
+    if newest is not None:
+        state = restore(model, optimizer, config, newest)
+    elif checkpoint is not None:
         with checkpoint.as_directory() as directory:
             state = restore(model, optimizer, config, directory)
     step = int(state.get("step", 0))

@@ -9,15 +9,15 @@ import numpy as np
 import tensorflow as tf
 
 from raytrain8m.checkpoint import save_checkpoint
-from raytrain8m.models import GatedNetVLAD, ModelConfig, create_variables, cross_entropy, size_mib
+from raytrain8m.models import ModelConfig, create_variables, cross_entropy, from_variables, size_mib
 
 NUM_CLASSES = 20
 ITERATIONS = 10
 
 
-def tiny_config(cluster_size: int = 4, hidden_size: int = 16) -> ModelConfig:
+def tiny_config(cluster_size: int = 4, hidden_size: int = 16, family: str = "gated_netvlad") -> ModelConfig:
     return ModelConfig(cluster_size=cluster_size, hidden_size=hidden_size, num_classes=NUM_CLASSES,
-                       iterations=ITERATIONS)
+                       iterations=ITERATIONS, family=family)
 
 
 def random_checkpoint(directory: Path, config: ModelConfig, seed: int, step: int,
@@ -76,7 +76,7 @@ def _train_member(data_dir: Path, directory: Path, config: ModelConfig, seed: in
                   batch_size: int, learning_rate: float) -> Path:
     frames, num_frames, labels = load_split(data_dir, "train")
     variables = create_variables(config, seed=seed)
-    model = GatedNetVLAD(config, variables)
+    model = from_variables(config, variables)
     trainable = [v for v in variables.values() if v.trainable]
     optimizer = tf.keras.optimizers.Adam(learning_rate)
 

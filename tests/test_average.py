@@ -24,6 +24,23 @@ def _run(tmp_path, count=3, config=None):
     return paths
 
 
+def test_nextvlad_checkpoints_average_and_compress_by_their_own_variables(tmp_path):
+    from raytrain8m.compress import to_fp16
+    from raytrain8m.models import half_tensors
+
+    config = tiny_config(family="nextvlad")
+    paths = [random_checkpoint(tmp_path / f"nx-{seed}", config, seed=seed, step=seed + 1) for seed in range(2)]
+    averaged = load_checkpoint(average(paths, tmp_path / "avg"))
+    inputs = [load_checkpoint(path) for path in paths]
+    assert averaged.config == config
+    assert set(averaged.tensors) == {spec.name for spec in variable_specs(config)}
+    assert "tower/video_NeXtVLAD/vlad_bn/moving_variance" in averaged.tensors
+    for name, value in averaged.tensors.items():
+        np.testing.assert_allclose(value, (inputs[0].tensors[name] + inputs[1].tensors[name]) / 2, rtol=1e-6, atol=1e-7)
+    config16, tensors16 = to_fp16(config, averaged.tensors)
+    assert {name for name, value in tensors16.items() if value.dtype == np.float16} == set(half_tensors(config16))
+
+
 def test_average_is_the_elementwise_mean_including_moving_statistics(tmp_path):
     paths = _run(tmp_path)
     out = average(paths, tmp_path / "avg")

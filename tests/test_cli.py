@@ -19,7 +19,7 @@ try:
     runpy.run_path({path!r}, run_name="__main__")
 except SystemExit:
     pass
-print(json.dumps(sorted(m for m in ("tensorflow", "ray", "mlflow") if m in sys.modules)), file=sys.stderr)
+print(json.dumps(sorted(m for m in ("tensorflow", "ray") if m in sys.modules)), file=sys.stderr)
 """
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 from pathlib import Path
 
@@ -293,3 +294,31 @@ def test_ray_read_raises_data_error_for_a_corrupt_file(ray_session, tmp_path):
     path = write_videos(tmp_path / "bad.tfrecord", [("v", [7], *frames(2))])
     with pytest.raises(DataError, match="bad.tfrecord, record 0: label 7 outside"):
         read_dataset(path, num_classes=5).materialize()
+
+
+def test_a_file_rewritten_with_the_same_size_gets_another_identity(tmp_path):
+    import pyarrow.fs as pafs
+
+    from raytrain8m.data.files import file_identity, identity_changes
+
+    local, path = pafs.LocalFileSystem(), tmp_path / "train0000.tfrecord"
+    path.write_bytes(bytes(200_000))
+    first = file_identity(local, str(path))
+    assert file_identity(local, str(path)) == first
+    data = bytearray(200_000)
+    data[-1] = 1  # only the tail differs
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(0, first["mtime_ns"]))  # even with the old modification time
+    second = file_identity(local, str(path))
+    assert second["size"] == first["size"] and second != first
+    assert identity_changes(first, second) == "content changed"
+    assert identity_changes(None, second).startswith("no record")
+
+
+def test_an_empty_tfrecord_is_a_data_error_naming_it(tmp_path):
+    from raytrain8m.data.files import expand
+
+    (tmp_path / "train0000.tfrecord").write_bytes(b"")
+    for pattern in (tmp_path / "train*.tfrecord", tmp_path / "train0000.tfrecord", tmp_path):
+        with pytest.raises(DataError, match=r"train0000\.tfrecord: empty file \(0 bytes\)"):
+            expand(str(pattern))

@@ -118,3 +118,11 @@ def test_ensemble_job_reports_errors_once_with_exit_code_2(members, tmp_path, ca
     assert not (tmp_path / "out").exists()
     assert job.main(["--members", "AB", "--out", str(tmp_path / "out"), "--no-track"]) == 2
     assert "zoo" in capsys.readouterr().err
+
+
+def test_negative_weights_are_taken_as_a_value_and_refused(tmp_path, capsys):
+    job = load_job("ensemble")
+    assert job.parse_args(["--members", "AB", "--weights", "-1,2"]).weights == "-1,2"  # not a flag
+    code = job.main(["--members", "AB", "--weights", "-1,2", "--out", str(tmp_path / "out"), "--no-track"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: --weights must be >= 0") and len(err.strip().splitlines()) == 1

@@ -109,6 +109,32 @@ def test_the_metagraph_loaded_the_tf1_way_in_a_fresh_process_matches_the_infer_c
         np.testing.assert_allclose(confidences, scores[labels], atol=2e-6)
 
 
+@pytest.mark.slow
+def test_an_ensemble_of_a_nextvlad_and_a_gated_netvlad_runs_the_starters_way(tmp_path):
+    from raytrain8m.models import half_tensors
+
+    nextvlad = tiny_config(4, 16, family="nextvlad")
+    paths = [random_checkpoint(tmp_path / "nx", nextvlad, seed=4, step=1),
+             random_checkpoint(tmp_path / "gnv", tiny_config(4, 16), seed=5, step=1)]
+    members = [member_from_checkpoint(path) for path in paths]
+    assert [m.config.family for m in members] == ["nextvlad", "gated_netvlad"]
+    out = export_ensemble(members, [0.5, 0.5], tmp_path / "export")
+    dtypes = tf.train.load_checkpoint(str(out / "inference_model" / "inference_model")).get_variable_to_dtype_map()
+    for name in half_tensors(nextvlad.replace(fp16=True)):
+        assert dtypes[f"member0/{name}"] == tf.float16, name
+    assert dtypes["member0/tower/video_NeXtVLAD/vlad_bn/moving_mean"] == tf.float32
+    assert json.loads((out / "model_flags.json").read_text())["families"] == ["nextvlad", "gated_netvlad"]
+
+    frames, num_frames = _inputs()
+    np.savez(tmp_path / "inputs.npz", frames=frames, num_frames=num_frames)
+    result = subprocess.run([sys.executable, "-c", FRESH_PROCESS, str(out / "inference_model" / "inference_model"),
+                             str(tmp_path / "inputs.npz")], capture_output=True, text=True, check=True)
+    starter = np.array(json.loads(result.stdout.strip().splitlines()[-1]))
+    fp32 = sum(0.5 * load_predictor(m.checkpoint)[0](frames, num_frames) for m in members)
+    np.testing.assert_allclose(starter, fp32, atol=1e-3)
+    np.testing.assert_allclose(load_model(out, "saved_model")(frames, num_frames), starter, atol=1e-5)
+
+
 def test_a_failed_export_leaves_no_output_and_no_staging_dir(two_members, tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise OSError("disk full")

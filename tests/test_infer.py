@@ -60,6 +60,35 @@ def test_inference_writes_the_csv_and_a_restart_redoes_only_unfinished_files(
     assert run.data.metrics["videos"] == second.videos > 0
 
 
+@pytest.mark.slow
+def test_input_files_replaced_at_the_same_paths_are_predicted_again_saying_why(
+        exported, synthetic_dir, tmp_path, ray_session, caplog):
+    import logging
+    import shutil
+
+    from raytrain8m.data.synthetic import generate
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for path in synthetic_dir.glob("test*.tfrecord"):
+        shutil.copy(path, data / path.name)
+    out = tmp_path / "submission.csv"
+    first = infer(exported, str(data / "test*.tfrecord"), out, batch_size=4, progress=False)
+    stale = out.read_text()
+    # New videos under the same names (the same ids: the generator numbers them in order).
+    generate(str(tmp_path / "other"), videos=120, classes=20, max_frames=12, shards=2, seed=1, progress=False)
+    for path in (tmp_path / "other").glob("test*.tfrecord"):
+        shutil.copy(path, data / path.name)
+    with caplog.at_level(logging.WARNING, logger="raytrain8m.infer"):
+        second = infer(exported, str(data / "test*.tfrecord"), out, batch_size=4, progress=False)
+    assert second.skipped == 0 and second.processed == first.files
+    assert caplog.text.count("changed since its predictions were made") == first.files
+    fresh = infer(exported, str(tmp_path / "other" / "test*.tfrecord"), tmp_path / "fresh.csv", batch_size=4,
+                  progress=False)
+    assert out.read_text() == (tmp_path / "fresh.csv").read_text() != stale
+    assert fresh.videos == second.videos
+
+
 def _write_video_without_id(path):
     import tensorflow as tf
 
@@ -89,4 +118,31 @@ def test_infer_job_reports_a_missing_model_once_with_exit_code_2(tmp_path, synth
                                    str(synthetic_dir / "test*.tfrecord"), "--out", str(tmp_path / "x.csv")])
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("error: ") and "Traceback" not in err
+    assert not (tmp_path / "x.csv").exists()
+
+
+def _exit_code(main, argv) -> int:
+    """A job's exit status, whether argparse exits (a bad flag) or main returns."""
+    try:
+        return main(argv)
+    except SystemExit as exit_:
+        return exit_.code
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--workers", "0"], "error: argument --workers: must be >= 1, got 0"),
+    (["--batch-size", "0"], "error: argument --batch-size: must be >= 1, got 0"),
+    (["--out", "{tmp}/a-file/submission.csv"], "error: --out {tmp}/a-file/submission.csv: {tmp}/a-file is a file"),
+    (["--data", "{tmp}/empty*.tfrecord"], "error: {tmp}/empty0000.tfrecord: empty file (0 bytes)"),
+])
+def test_bad_infer_flags_and_inputs_are_one_error_line_and_exit_2(
+        exported, synthetic_dir, tmp_path, capsys, flags, message):
+    (tmp_path / "a-file").write_text("")
+    (tmp_path / "empty0000.tfrecord").write_bytes(b"")
+    given = {"--model": str(exported), "--data": str(synthetic_dir / "test*.tfrecord"),
+             "--out": str(tmp_path / "x.csv")}
+    given.update({flag: value.format(tmp=tmp_path) for flag, value in zip(flags[::2], flags[1::2])})
+    code = _exit_code(load_job("infer").main, [item for pair in given.items() for item in pair] + ["--no-track"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith(message.format(tmp=tmp_path)) and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "x.csv").exists()

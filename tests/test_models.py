@@ -1,4 +1,5 @@
-"""Gated NetVLAD and the baseline: variables, sizes (the paper's Table 1), forward-pass contracts."""
+"""Gated NetVLAD, NeXtVLAD and the baseline: variables, sizes (the paper's Table 1, NeXtVLAD's
+formula), names, forward-pass contracts."""
 from __future__ import annotations
 
 import importlib.util
@@ -9,8 +10,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from raytrain8m.models import (BIG_TENSORS, MODELS, GatedNetVLAD, ModelConfig, build, create_variables,
-                               size_mib, variable_specs)
+from raytrain8m.errors import ConfigError
+from raytrain8m.models import (BIG_TENSORS, MODELS, GatedNetVLAD, ModelConfig, NeXtVLAD, build, create_variables,
+                               from_variables, half_tensors, num_parameters, size_mib, variable_specs)
+from raytrain8m.models.nextvlad import formula_parameters
 from raytrain8m.models.baseline import MeanPoolLogistic, mean_of_first_frames
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,12 +67,14 @@ def test_sizes_job_json_equals_the_papers_table1(capsys):
     sizes = _load_job("sizes")
     assert sizes.main(["--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
-    assert [row["name"] for row in rows] == list(TABLE1)
-    for row in rows:
+    assert [row["name"] for row in rows] == [*TABLE1, "NX-K128-H2048", "NX-K112-H2048-R16"]
+    assert {row["family"] for row in rows[:len(TABLE1)]} == {"gated_netvlad"}
+    for row in rows[:len(TABLE1)]:
         assert (round(row["fp32_mib"], 2), round(row["fp16_mib"], 2)) == TABLE1[row["name"]], row["name"]
         config = ModelConfig.from_name(row["name"])
         assert (row["cluster_size"], row["hidden_size"]) == (config.cluster_size, config.hidden_size)
         assert round(size_mib(config), 2) == row["fp32_mib"]  # the accounting agrees with the built variables
+        assert row["params"] == num_parameters(config)
 
 
 def test_sizes_job_reports_a_bad_name_plainly(capsys):
@@ -80,7 +85,7 @@ def test_sizes_job_reports_a_bad_name_plainly(capsys):
 
 @pytest.mark.parametrize("model_type", sorted(MODELS))
 def test_predictions_depend_only_on_the_first_num_frames(model_type):
-    config = TINY.replace(model=model_type)
+    config = TINY.replace(family=model_type)
     model = MODELS[model_type](config, seed=1)
     frames, num_frames = _inputs()
     changed = frames.copy()
@@ -111,10 +116,92 @@ def test_fp16_storage_casts_the_four_big_tensors_only():
 
 
 def test_baseline_is_a_mean_pooled_logistic_regression():
-    model = MODELS["baseline"](TINY.replace(model="baseline"), seed=0)
+    model = MODELS["baseline"](TINY.replace(family="baseline"), seed=0)
     assert isinstance(model, MeanPoolLogistic)
     frames, num_frames = _inputs()
     pooled = mean_of_first_frames(frames, num_frames).numpy()
     np.testing.assert_allclose(pooled[0], frames[0, :5].mean(0), rtol=1e-5, atol=1e-6)
     logits = pooled @ model.variables["baseline/weights"].numpy() + model.variables["baseline/biases"].numpy()
     np.testing.assert_allclose(model(frames, num_frames).numpy(), 1 / (1 + np.exp(-logits)), rtol=1e-5)
+
+
+# --- NeXtVLAD ---------------------------------------------------------------------------------
+
+def _bias_and_batch_norm(config: ModelConfig) -> int:
+    """What the paper's formula leaves out: FC biases and 4 floats a batch-norm channel."""
+    lam, h, r = config.expansion, config.hidden_size, config.gating_reduction
+    total = 0
+    for n, k, g in ((config.rgb_size, config.cluster_size, config.groups),
+                    (config.audio_size, config.cluster_size // 2, config.groups // 2)):
+        total += lam * n + g + 4 * g * k + 4 * k * lam * n // g  # expansion, attention biases; cluster, vlad BN
+    return total + 4 * h + 4 * (h // r)                          # hidden1 BN, SE gating BN
+
+
+@pytest.mark.parametrize("name", ["NX-K128-H2048", "NX-K112-H2048-R16", "NX-K16-H256-G4-E3-R4", "NX-K8-H64-MoE"])
+def test_nextvlad_parameters_follow_the_papers_formula_from_the_built_variables(name):
+    config = ModelConfig.from_name(name, num_classes=3862)
+    built = sum(int(np.prod(v.shape)) for v in create_variables(config, zeros=True).values())
+    assert built == num_parameters(config)
+    if config.classifier == "logistic":
+        # λN(N + G + K(G + (H+1)/G)) per modality + SE gating + (H+1)V, plus biases and batch norm
+        assert built == formula_parameters(config) + _bias_and_batch_norm(config)
+        if config.hidden_size == 2048:  # the reference settings: the formula is within 0.2%
+            assert 0 < built - formula_parameters(config) < 0.002 * built
+
+
+def test_nextvlad_reference_sizes():
+    assert num_parameters(ModelConfig.from_name("NX-K128-H2048")) == 88_970_274
+    final = num_parameters(ModelConfig.from_name("NX-K112-H2048-R16"))
+    assert final == 78_714_274 and round(final / 1e6) == 79  # the slides' 79M
+    shapes = {spec.name: spec.shape for spec in variable_specs(ModelConfig.from_name("NX-K128-H2048"))}
+    assert shapes["tower/video_NeXtVLAD/cluster_weights"] == (2048, 8 * 128)
+    assert shapes["tower/audio_NeXtVLAD/cluster_weights"] == (256, 4 * 64)  # K/2 clusters, G/2 groups
+    assert shapes["tower/hidden1_weights"] == (128 * 256 + 64 * 64, 2048)
+    assert shapes["tower/gating_weights_1"] == (2048, 256) and shapes["tower/logistic/weights"] == (2048, 3862)
+
+
+@pytest.mark.parametrize("name, fields", [
+    ("K32-H1024", dict(family="gated_netvlad", cluster_size=32, hidden_size=1024)),
+    ("NX-K128-H2048", dict(family="nextvlad", cluster_size=128, groups=8, expansion=2, gating_reduction=8)),
+    ("NX-K112-H2048-R16", dict(family="nextvlad", cluster_size=112, gating_reduction=16)),
+    ("NX-K64-H1024-G4-E3", dict(groups=4, expansion=3, gating_reduction=8)),
+    ("NX-K8-H64-MoE", dict(classifier="moe")),
+])
+def test_names_parse_in_one_place_and_round_trip(name, fields, tmp_path):
+    config = ModelConfig.from_name(name, num_classes=20)
+    assert config.name == name
+    assert {key: getattr(config, key) for key in fields} == fields
+    assert ModelConfig.from_json(config.to_json()) == config  # model.json rebuilds either family
+    assert ModelConfig.from_name("NX-K128-H2048-G8-E2-R8").name == "NX-K128-H2048"  # defaults left out
+
+
+@pytest.mark.parametrize("name, message", [
+    ("NX-K128", "neither"), ("NX-K128-H2048-R16-G4", "neither"), ("K32-H1024-G4", "neither"),
+    ("NX-K128-H2050-R16", "not divisible by gating_reduction"), ("NX-K128-H2048-G3", "groups must be even"),
+    ("NX-K128-H2048-G0", "groups must be a positive integer"),
+])
+def test_bad_names_are_refused_plainly(name, message):
+    with pytest.raises(ConfigError, match=message):
+        ModelConfig.from_name(name)
+
+
+def test_model_json_written_before_family_still_loads():
+    legacy = {key: value for key, value in TINY.to_dict().items()
+              if key not in ("family", "groups", "expansion", "gating_reduction", "dropout", "classifier")}
+    assert ModelConfig.from_dict({**legacy, "model": "baseline"}) == TINY.replace(family="baseline")
+
+
+def test_nextvlad_fp16_stores_the_big_tensors_as_float16_and_predicts_within_1e_3():
+    config = ModelConfig.from_name("NX-K4-H16", num_classes=20)
+    fp32 = build(config, seed=2)
+    assert isinstance(fp32, NeXtVLAD)
+    config16 = config.replace(fp16=True)
+    variables = create_variables(config16, zeros=True)
+    for name, variable in variables.items():
+        assert variable.dtype == (tf.float16 if name in half_tensors(config16) else tf.float32), name
+        variable.assign(tf.cast(fp32.variables[name], variable.dtype))
+    frames, num_frames = _inputs()
+    np.testing.assert_allclose(from_variables(config16, variables)(frames, num_frames).numpy(),
+                               fp32(frames, num_frames).numpy(), atol=1e-3)
+    big = ModelConfig.from_name("NX-K128-H2048")
+    assert size_mib(big, fp16=True) < 0.51 * size_mib(big)  # the half tensors are ~99% of the model

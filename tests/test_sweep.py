@@ -81,6 +81,30 @@ def test_memory_model_counts_weights_adam_gradients_and_activations():
     assert memory_gib(ModelConfig.from_name("K100-H800"), 80) > memory_gib(config, 80)
 
 
+def test_memory_model_knows_nextvlad_activations():
+    config = ModelConfig.from_name("NX-K128-H2048")
+    estimate = memory_estimate(config, 80)
+    assert estimate.weights == pytest.approx(num_parameters(config) * 4 / 2**30)
+    # per frame: the expanded features (λN) and the group assignments (G·K) dominate, kept for backward
+    per_frame = (2 * 1024 + 8 * 128) + (2 * 128 + 4 * 64)
+    lower = 2 * 80 * 300 * per_frame * 4 / 2**30
+    assert lower < estimate.activations < 4 * lower
+    assert memory_gib(ModelConfig.from_name("NX-K128-H2048-E4"), 80) > memory_gib(config, 80)
+
+
+def test_a_grid_mixes_families_and_each_trial_rebuilds_its_own():
+    from raytrain8m.sweep import sweep_spec, trial_model
+
+    spec = sweep_spec(grid="K16-H256,NX-K128-H2048,NX-K112-H2048-R16", classes=20)
+    assert [m.family for m in spec.models] == ["gated_netvlad", "nextvlad", "nextvlad"]
+    placements = plan(spec.models, parse_inventory("T4,L4"), 80)
+    assert sorted(p.model for p in placements) == sorted(m.name for m in spec.models)
+    for placement in placements:
+        rebuilt = trial_model(placement.model, spec.train.model)
+        assert rebuilt in spec.models and rebuilt.num_classes == 20
+        assert placement.memory_gib == pytest.approx(memory_gib(rebuilt, placement.batch_size), abs=0.01)
+
+
 def test_batch_size_is_the_largest_that_fits_the_type():
     config = ModelConfig.from_name("K24-H1440")
     assert largest_batch(config, GPU_PROFILES["L4"].memory_gib) == 160

@@ -58,6 +58,14 @@ def test_learning_rate_decays_by_examples_in_stairs():
     assert float(schedule(100_000)) == pytest.approx(1e-4 * 0.8 ** 4)
 
 
+def test_train_flags_take_a_nextvlad_name():
+    job = _load_job("train")
+    config = job.config_from_args(job.parse_args(["--model", "NX-K112-H2048-R16", "--classes", "20",
+                                                  "--dropout", "0.25"]))
+    assert config.model == ModelConfig.from_name("NX-K112-H2048-R16", num_classes=20, dropout=0.25)
+    assert config.model.family == "nextvlad" and config.model.gating_reduction == 16
+
+
 def test_train_flags_derive_from_the_configs():
     job = _load_job("train")
     config = job.config_from_args(job.parse_args(
@@ -125,20 +133,46 @@ def test_worker_killed_mid_run_resumes_from_checkpoint_to_max_steps(trained):
     assert int(checkpoint.tensors["optimizer/adam/iteration"]) == STEPS
 
 
-@pytest.mark.slow
-def test_loss_falls_and_gap_beats_the_mean_pooled_baseline(trained, netvlad_data):
+@pytest.fixture(scope="module")
+def baseline_gap(netvlad_data, tmp_path_factory) -> float:
+    """The mean-pooled baseline's validate GAP after the same steps, global batch (16), learning
+    rate and step function as the 2-worker run, trained in one process."""
     from raytrain8m.evaluate import evaluate, predictor
     from raytrain8m.trainloop import train_locally
 
+    config = _config(netvlad_data, tmp_path_factory.mktemp("baseline"), model=TINY.replace(family="baseline"),
+                     num_workers=1, batch_size=16)
+    baseline, _ = train_locally(config)
+    return evaluate(predictor(baseline), config.validate_data, 20, progress=False)["gap"]
+
+
+@pytest.mark.slow
+def test_loss_falls_and_gap_beats_the_mean_pooled_baseline(trained, baseline_gap):
     history = tracking.client(trained.config.tracking_uri).get_metric_history(trained.mlflow_run_id, "loss")
     losses = [metric.value for metric in sorted(history, key=lambda metric: metric.step)]
     assert losses[-1] < 0.8 * losses[0], losses
     gap = trained.metrics["gap"]
-    # The baseline: the same steps, global batch, learning rate and step function, one process.
-    baseline_config = trained.config.replace(model=TINY.replace(model="baseline"), num_workers=1, batch_size=16)
-    baseline, _ = train_locally(baseline_config)
-    baseline_gap = evaluate(predictor(baseline), baseline_config.validate_data, 20, progress=False)["gap"]
     assert gap > baseline_gap + 0.1, (gap, baseline_gap)
+
+
+@pytest.mark.slow
+def test_nextvlad_trains_on_ray_train_and_beats_the_mean_pooled_baseline(netvlad_data, tmp_path, ray_session,
+                                                                         baseline_gap):
+    """The second family through the real training path (one worker: the same global batch)."""
+    from raytrain8m.evaluate import evaluate_checkpoint
+    from raytrain8m.train import fit
+
+    nextvlad = ModelConfig.from_name("NX-K4-H16", num_classes=20, iterations=10)
+    config = _config(netvlad_data, tmp_path, model=nextvlad, run_name=nextvlad.name, num_workers=1,
+                     batch_size=16, eval_every=0, checkpoint_every=STEPS)
+    result = fit(config, resources_per_worker=CPU_HALF)
+    assert result.metrics["gap"] > baseline_gap + 0.1, (result.metrics["gap"], baseline_gap)
+    [checkpoint] = result.checkpoints
+    assert load_checkpoint(checkpoint).config == nextvlad  # model.json says the family
+    run = tracking.client(config.tracking_uri).get_run(result.mlflow_run_id)
+    assert run.data.params["model"] == "NX-K4-H16" and run.data.params["model_type"] == "nextvlad"
+    rebuilt = evaluate_checkpoint(checkpoint, config.validate_data, progress=False)  # from model.json alone
+    assert rebuilt["gap"] > baseline_gap + 0.1
 
 
 @pytest.mark.slow
@@ -224,6 +258,21 @@ def test_bad_train_flags_fail_plainly(netvlad_data, tmp_path):
         "glob matches no file": ["--classes", "20", *data[2:], "--train-data", str(tmp_path / "no*.tfrecord")],
         "outside [0, 3)": ["--classes", "3", *data],
     }
+    # An empty shard, a test split (no labels) as training data, an output under a regular file.
+    empty, unlabelled = tmp_path / "empty", tmp_path / "unlabelled"
+    empty.mkdir(), unlabelled.mkdir()
+    (empty / "train0000.tfrecord").write_bytes(b"")
+    for path in netvlad_data.glob("test*.tfrecord"):
+        (unlabelled / path.name.replace("test", "train")).write_bytes(path.read_bytes())
+    (tmp_path / "a-file").write_text("")
+    cases.update({
+        f"{empty / 'train0000.tfrecord'}: empty file (0 bytes)":
+            ["--classes", "20", *data[2:], "--train-data", str(empty / "train*.tfrecord")],
+        "videos without labels: training needs labelled splits":
+            ["--classes", "20", *data[2:], "--train-data", str(unlabelled / "train*.tfrecord")],
+        f"--out {tmp_path / 'a-file' / 'runs'}: {tmp_path / 'a-file'} is a file, not a directory":
+            ["--classes", "20", *data[:4], "--out", str(tmp_path / "a-file" / "runs")],
+    })
     env = {**os.environ, "RAYTRAIN8M_RUNS": str(tmp_path), "MLFLOW_TRACKING_URI": ""}
     running = {message: subprocess.Popen([sys.executable, str(ROOT / "jobs" / "train.py"), *flags], env=env,
                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -234,3 +283,119 @@ def test_bad_train_flags_fail_plainly(netvlad_data, tmp_path):
         errors = [line for line in stderr.splitlines() if line.startswith("error: ")]
         assert len(errors) == 1 and message in errors[0], stderr[-2000:]
         assert "Traceback" not in stderr
+    if (tmp_path / "mlflow.db").exists():  # no run left RUNNING by a refused command
+        runs = tracking.find_runs(uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+        assert all(run.info.status != "RUNNING" for run in runs), [run.info.run_name for run in runs]
+
+
+# --- deterministic errors are not retried; resume takes the newest complete checkpoint on disk -----
+
+def test_our_own_errors_are_not_retried_and_faults_are():
+    import ray
+    from ray.train import FailureConfig
+    from ray.train.v2._internal.execution.failure_handling import FailureDecision
+    from ray.train.v2.api.exceptions import WorkerGroupError
+
+    from raytrain8m.data.schema import DataError
+    from raytrain8m.failures import NoRetryForOwnErrors, own_error
+
+    original = DataError("/data/train0001.tfrecord", 3, "data CRC mismatch")
+    wrapped = ray.exceptions.RayTaskError("SplitCoordinator.get", "Traceback …", original).as_instanceof_cause()
+    assert isinstance(wrapped, DataError) and str(wrapped) != str(original)  # its text: Ray's traceback
+    assert str(own_error(wrapped)) == "/data/train0001.tfrecord, record 3: data CRC mismatch"
+    policy = NoRetryForOwnErrors(FailureConfig(max_failures=3))
+    assert policy.make_decision(WorkerGroupError("w", {1: wrapped})) == FailureDecision.RAISE
+    assert policy.make_decision(WorkerGroupError("w", {0: RuntimeError("node died")})) == FailureDecision.RETRY
+
+
+def _corrupt_record(path: Path, record: int) -> None:
+    """Flip a byte inside the data of the `record`-th record (its data CRC no longer matches)."""
+    import struct
+
+    raw, offset = bytearray(path.read_bytes()), 0
+    for _ in range(record):
+        offset += 12 + struct.unpack_from("<Q", raw, offset)[0] + 4
+    raw[offset + 12 + 5] ^= 0xFF
+    path.write_bytes(bytes(raw))
+
+
+@pytest.mark.slow
+def test_a_corrupt_record_met_while_training_fails_at_once_naming_it_without_retries_or_is_skipped(
+        netvlad_data, tmp_path, ray_session):
+    import json
+    import shutil
+
+    from raytrain8m.data.schema import DataError
+    from raytrain8m.train import fit
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for path in netvlad_data.glob("*.tfrecord"):
+        shutil.copy(path, data / path.name)
+    _corrupt_record(data / "train0001.tfrecord", 3)  # not in the first batch, which the driver checks
+    config = _config(data, tmp_path, run_name="corrupt", num_workers=1, max_failures=3, eval_every=0)
+    with pytest.raises(DataError) as failure:
+        fit(config, resources_per_worker=CPU_HALF)
+    assert str(failure.value) == f"{data / 'train0001.tfrecord'}, record 3: data CRC mismatch"
+    record = json.loads((tmp_path / "corrupt" / "data_error.json").read_text())
+    assert (record["path"], record["record"]) == (str(data / "train0001.tfrecord"), 3)
+    assert len(record["failed_workers"]) == 1  # one attempt: not retried max_failures=3 times
+    assert "Traceback" in (tmp_path / "corrupt" / "error.log").read_text()  # Ray's wrapping, for the curious
+    [run] = tracking.find_runs("test-train", "attributes.run_name = 'corrupt'", uri=config.tracking_uri)
+    assert run.info.status == "FAILED"
+
+    # With skip_corrupt the record is left out, counted, and the count reaches the driver and MLflow.
+    skipping = fit(config.replace(run_name="skipping", skip_corrupt=True), resources_per_worker=CPU_HALF)
+    assert skipping.metrics["skipped_records"] == 1
+    run = tracking.client(config.tracking_uri).get_run(skipping.mlflow_run_id)
+    assert run.info.status == "FINISHED" and run.data.metrics["skipped_records"] == 1
+
+
+def _files(checkpoints: list[Path]) -> dict[str, tuple[int, int, bytes]]:
+    import hashlib
+
+    return {str(path): (path.stat().st_mtime_ns, path.stat().st_size, hashlib.sha1(path.read_bytes()).digest())
+            for checkpoint in checkpoints for path in sorted(checkpoint.iterdir())}
+
+
+@pytest.mark.slow
+def test_driver_killed_right_after_a_checkpoint_resumes_from_it_and_overwrites_none(netvlad_data, tmp_path):
+    import signal
+    import time
+
+    out = tmp_path / "runs"
+    flags = ["--cluster-size", "4", "--hidden-size", "16", "--classes", "20", "--iterations", "10",
+             "--batch-size", "8", "--max-frames", "12", "--workers", "1", "--lr", "0.01",
+             "--max-steps", "40", "--checkpoint-every", "10", "--eval-every", "0", "--log-every", "10",
+             "--train-data", str(netvlad_data / "train*.tfrecord"),
+             "--validate-data", str(netvlad_data / "validate*.tfrecord"), "--out", str(out), "--run-name", "r"]
+    env = {**os.environ, "RAYTRAIN8M_RUNS": str(tmp_path), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'm.db'}"}
+    command = [sys.executable, str(ROOT / "jobs" / "train.py"), *flags]
+    driver = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)
+    try:
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline and driver.poll() is None:
+            done = list_checkpoints(out / "r") if (out / "r").is_dir() else []
+            if done and read_state(done[-1])["step"] >= 20:
+                break
+            time.sleep(0.05)
+        os.kill(driver.pid, signal.SIGKILL)  # the driver, right after checkpoint 20 is complete on disk
+    finally:
+        time.sleep(1)
+        try:  # then the Ray it started (its own session): nothing of it may write on
+            os.killpg(driver.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        driver.wait()
+    before = list_checkpoints(out / "r")
+    newest = read_state(before[-1])["step"]
+    assert 20 <= newest < 40, newest
+    untouched = _files(before)
+
+    resumed = subprocess.run([*command, "--resume"], env=env, capture_output=True, text=True, timeout=900)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    after = list_checkpoints(out / "r")
+    assert [read_state(path)["step"] for path in after] == list(range(10, 41, 10))
+    assert all(read_state(path)["resumed_from"] == newest for path in after if read_state(path)["step"] > newest)
+    assert {key: value for key, value in _files(after).items() if key in untouched} == untouched

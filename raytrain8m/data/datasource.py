@@ -21,6 +21,21 @@ from raytrain8m.data.tfrecord import ReadStats, iter_framed
 log = logging.getLogger(__name__)
 
 
+@ray.remote(num_cpus=0)
+class SkipCounter:
+    """Corrupt records that read tasks left out, per file, for the driver (and MLflow). A file is
+    read again every epoch: its count is set, not added."""
+
+    def __init__(self):
+        self.by_file: dict[str, int] = {}
+
+    def record(self, path: str, skipped: int) -> None:
+        self.by_file[path] = max(self.by_file.get(path, 0), skipped)
+
+    def total(self) -> tuple[int, dict[str, int]]:
+        return sum(self.by_file.values()), dict(self.by_file)
+
+
 class YouTube8MDatasource(FileBasedDatasource):
     """Streams TFRecord files through the masked-CRC32C reader and the record decoder."""
 
@@ -28,7 +43,8 @@ class YouTube8MDatasource(FileBasedDatasource):
 
     def __init__(self, paths: str | list[str], num_classes: int | None = None,
                  video_level: bool = False, skip_corrupt: bool = False,
-                 max_frames: int = MAX_FRAMES, records_per_block: int = 256, **file_based_args):
+                 max_frames: int = MAX_FRAMES, records_per_block: int = 256, skip_counter=None,
+                 **file_based_args):
         schema = VIDEO_SCHEMA if video_level else FRAME_SCHEMA
         super().__init__(paths, schema=schema, **file_based_args)
         self._num_classes = num_classes
@@ -36,6 +52,7 @@ class YouTube8MDatasource(FileBasedDatasource):
         self._skip_corrupt = skip_corrupt
         self._max_frames = max_frames
         self._records_per_block = records_per_block
+        self._skip_counter = skip_counter  # a SkipCounter actor, or None
 
     def _read_stream(self, f: pa.NativeFile, path: str) -> Iterator[pa.Table]:
         stats = ReadStats()
@@ -50,6 +67,8 @@ class YouTube8MDatasource(FileBasedDatasource):
         if stats.skipped:
             log.warning("%s: skipped %d corrupt records, kept %d", path, stats.skipped,
                         stats.records)
+            if self._skip_counter is not None:
+                self._skip_counter.record.remote(path, stats.skipped)
 
     def _decode(self, chunk, path: str, stats: ReadStats) -> pa.Table:
         batch = decode_records(chunk, path, self._num_classes, self._max_frames,
@@ -60,15 +79,17 @@ class YouTube8MDatasource(FileBasedDatasource):
 def read_dataset(glob_or_paths: str | Sequence[str], num_classes: int | None = None,
                  skip_corrupt: bool = False, video_level: bool = False,
                  max_frames: int = MAX_FRAMES, shuffle_files: bool = False,
-                 override_num_blocks: int | None = None, **file_based_args) -> ray.data.Dataset:
+                 override_num_blocks: int | None = None, skip_counter=None,
+                 **file_based_args) -> ray.data.Dataset:
     """A Ray Dataset of the videos in `glob_or_paths` (local, gs://, s3://, file:// or a
-    registered scheme); globs are expanded here so a glob matching nothing is a DataError."""
+    registered scheme); globs are expanded here so a glob matching nothing is a DataError.
+    With `skip_corrupt`, a `SkipCounter` actor as `skip_counter` collects what was left out."""
     filesystem, paths = expand(glob_or_paths)
     if shuffle_files:
         file_based_args.setdefault("shuffle", "files")
     source = YouTube8MDatasource(paths, num_classes=num_classes, video_level=video_level,
                                  skip_corrupt=skip_corrupt, max_frames=max_frames,
-                                 filesystem=filesystem, **file_based_args)
+                                 skip_counter=skip_counter, filesystem=filesystem, **file_based_args)
     return ray.data.read_datasource(source, override_num_blocks=override_num_blocks)
 
 

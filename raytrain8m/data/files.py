@@ -9,6 +9,7 @@ the filesystem object itself, so they need no registration of their own.
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import os
 import random
 import re
@@ -59,11 +60,12 @@ def _expand_one(filesystem: pafs.FileSystem, path: str, shown: str) -> list[str]
     if first_glob is None:
         info = filesystem.get_file_info(path)
         if info.type == pafs.FileType.File:
-            return [path]
+            return _usable([info])
         if info.type == pafs.FileType.Directory:  # a directory means its .tfrecord files
             selector = pafs.FileSelector(path, recursive=False)
-            return sorted(i.path for i in filesystem.get_file_info(selector)
-                          if i.type == pafs.FileType.File and i.path.endswith(".tfrecord"))
+            return _usable(sorted((i for i in filesystem.get_file_info(selector)
+                                   if i.type == pafs.FileType.File and i.path.endswith(".tfrecord")),
+                                  key=lambda i: i.path))
         raise DataError(shown, None, "no such file or directory")
     base = "/".join(parts[:first_glob]) or ("/" if path.startswith("/") else "")
     recursive = len(parts) - first_glob > 1
@@ -78,8 +80,16 @@ def _expand_one(filesystem: pafs.FileSystem, path: str, shown: str) -> list[str]
         candidate = info.path.split("/")
         if len(candidate) == len(parts) and all(
                 fnmatch.fnmatchcase(c, p) for c, p in zip(candidate[first_glob:], parts[first_glob:])):
-            matched.append(info.path)
-    return sorted(matched)
+            matched.append(info)
+    return _usable(sorted(matched, key=lambda i: i.path))
+
+
+def _usable(infos: list[pafs.FileInfo]) -> list[str]:
+    """Paths of the files; an empty file is no TFRecord file (it holds no record), so say so now."""
+    for info in infos:
+        if info.size == 0:
+            raise DataError(info.path, None, "empty file (0 bytes): no records")
+    return [info.path for info in infos]
 
 
 def expand(glob_or_list: str | Sequence[str]) -> tuple[pafs.FileSystem, list[str]]:
@@ -104,6 +114,34 @@ def expand(glob_or_list: str | Sequence[str]) -> tuple[pafs.FileSystem, list[str
             raise DataError(pattern, None, "glob matches no file")
         files.extend(found)
     return filesystem, list(dict.fromkeys(files))
+
+
+IDENTITY_BYTES = 1 << 16  # hashed from the head and from the tail of each file
+
+
+def file_identity(filesystem: pafs.FileSystem, path: str) -> dict[str, object]:
+    """What a cached result of reading `path` is keyed by: size, modification time (ns; None where
+    the filesystem has none) and a SHA-1 of the first and last 64 KiB. A file replaced at the same
+    path, even with the same size, gets another identity."""
+    info = filesystem.get_file_info(path)
+    if info.type != pafs.FileType.File:
+        raise DataError(path, None, "no such file")
+    digest = hashlib.sha1()
+    with filesystem.open_input_file(path) as handle:
+        digest.update(handle.read(IDENTITY_BYTES))
+        if info.size > IDENTITY_BYTES:
+            handle.seek(max(IDENTITY_BYTES, info.size - IDENTITY_BYTES))
+            digest.update(handle.read())
+    return {"size": info.size, "mtime_ns": info.mtime_ns, "head_tail_sha1": digest.hexdigest()}
+
+
+def identity_changes(old: dict | None, new: dict) -> str:
+    """Why two identities differ, in words ('' when they are the same)."""
+    if old is None:
+        return "no record of the input it was made from"
+    changed = [key for key in new if old.get(key) != new[key]]
+    return ", ".join(f"{key} {old.get(key)} -> {new[key]}" if key != "head_tail_sha1" else "content changed"
+                     for key in changed)
 
 
 class FileSplit(NamedTuple):

@@ -2,7 +2,7 @@
 
 The mean of each video's first `num_frames` frames (rgb‖audio) → one dense layer → sigmoid,
 the starter code's frame-level logistic model. Same call signature and checkpoint format
-as `GatedNetVLAD` (name-keyed variables), selected by `ModelConfig(model="baseline")`.
+as `GatedNetVLAD` (name-keyed variables), selected by `ModelConfig(family="baseline")`.
 """
 from __future__ import annotations
 
@@ -12,6 +12,12 @@ from typing import Mapping
 import tensorflow as tf
 
 from raytrain8m.models.config import ModelConfig
+from raytrain8m.models.layers import VariableSpec
+
+
+def variable_specs(config: ModelConfig) -> list[VariableSpec]:
+    return [VariableSpec("baseline/weights", (config.feature_size, config.num_classes), "glorot"),
+            VariableSpec("baseline/biases", (config.num_classes,), "zeros")]
 
 
 def create_baseline_variables(config: ModelConfig, seed: int = 0, prefix: str = "",
