@@ -16,7 +16,7 @@ from typing import Any, Mapping
 
 from raytrain8m import localray, settings, tracking
 from raytrain8m.errors import ConfigError, Raytrain8mError
-from raytrain8m.models import ModelConfig, family
+from raytrain8m.models import ModelConfig
 from raytrain8m.models.config import only_known_keys
 
 
@@ -76,6 +76,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if isinstance(self.model, Mapping):
             object.__setattr__(self, "model", ModelConfig.from_dict(dict(self.model)))
+        from raytrain8m.models import family  # TensorFlow: on first use, not at import
+
         family(self.model)  # an unknown family fails here
         for field in ("batch_size", "max_steps", "checkpoint_every", "decay_examples", "num_workers",
                       "max_frames", "log_every"):
