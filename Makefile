@@ -67,4 +67,4 @@ mlflow-ui: install
 DEMO_SCALE ?= default
 
 demo: install
-	TF_CPP_MIN_LOG_LEVEL=2 $(PY) jobs/demo.py --scale $(DEMO_SCALE)
+	$(PY) jobs/demo.py --scale $(DEMO_SCALE)

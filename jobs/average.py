@@ -22,6 +22,7 @@ import sys
 from typing import Sequence
 
 from raytrain8m.cli import Parser, add_evaluation_flags
+from raytrain8m.cli import add_verbose_flag, console
 from raytrain8m.errors import ConfigError, Raytrain8mError, fail
 
 
@@ -38,11 +39,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="--auto evaluates every N-th single checkpoint (default: %(default)s)")
     parser.add_argument("--max-ranges", type=int, default=8, help="--auto: candidate ranges to try (default: %(default)s)")
     add_evaluation_flags(parser)
+    add_verbose_flag(parser)
     return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    console(args.verbose, tensorflow=True)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from raytrain8m import average
 

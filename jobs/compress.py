@@ -21,7 +21,7 @@ import logging
 import sys
 from typing import Sequence
 
-from raytrain8m.cli import Parser, add_evaluation_flags
+from raytrain8m.cli import Parser, add_evaluation_flags, add_verbose_flag, console
 from raytrain8m.errors import Raytrain8mError, fail
 
 PRECISIONS = ("fp16", "int8")
@@ -37,12 +37,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="int8: per-column scale and offset, or a 256-value codebook (default: %(default)s)")
     parser.add_argument("--validate-data", help="validate split glob: GAP before and after")
     add_evaluation_flags(parser)
+    add_verbose_flag(parser)
     return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    console(args.verbose, tensorflow=True)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     from raytrain8m.compress import compress_checkpoint
 
     try:

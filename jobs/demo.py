@@ -20,6 +20,7 @@ import os
 import sys
 
 from raytrain8m.demo import SCALES, run_demo
+from raytrain8m.cli import add_verbose_flag, console
 from raytrain8m.errors import Raytrain8mError, fail
 
 
@@ -30,7 +31,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", default="runs", help="where the runs go (runs/demo is made anew)")
     parser.add_argument("--max-concurrent", type=int, default=None, help="trials at once (default: what fits)")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+    add_verbose_flag(parser)
     args = parser.parse_args(argv)
+    console(args.verbose, tensorflow=True)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("RAYTRAIN8M_RUNS", args.runs)  # the default MLflow store lives under --runs
     try:

@@ -28,8 +28,9 @@ import logging
 import sys
 from typing import Sequence
 
-from raytrain8m.ensemble import DEFAULT_BUDGET_MIB, MEMBER_PRECISIONS
+from raytrain8m.models.config import DEFAULT_BUDGET_MIB, MEMBER_PRECISIONS
 from raytrain8m.cli import Parser, add_evaluation_flags
+from raytrain8m.cli import add_verbose_flag, console
 from raytrain8m.errors import Raytrain8mError, fail
 
 
@@ -57,11 +58,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                                                   "directory, removed)")
     parser.add_argument("--max-members", type=int, default=4, help="--search: at most this many members")
     add_evaluation_flags(parser)
+    add_verbose_flag(parser)
     return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    console(args.verbose, tensorflow=True)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from raytrain8m.ensemble import make_ensemble, parse_weights
 

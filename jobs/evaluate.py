@@ -20,6 +20,7 @@ import sys
 from typing import Sequence
 
 from raytrain8m.cli import Parser, add_skip_corrupt, positive_int
+from raytrain8m.cli import add_verbose_flag, console
 from raytrain8m.errors import Raytrain8mError, fail
 
 
@@ -33,11 +34,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="also mAP (keeps every prediction in memory: videos × classes × 4 bytes)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--no-track", action="store_true", help="do not log the metrics to MLflow")
+    add_verbose_flag(parser)
     return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    console(args.verbose, tensorflow=True)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     try:
         from raytrain8m.evaluate import evaluate_checkpoint

@@ -21,6 +21,7 @@ import sys
 from typing import Sequence
 
 from raytrain8m.cli import Parser, add_skip_corrupt, check_output, positive_int
+from raytrain8m.cli import add_verbose_flag, console
 from raytrain8m.errors import Raytrain8mError, fail
 
 
@@ -37,11 +38,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-track", action="store_true", help="do not log the run to MLflow")
     parser.add_argument("--source", choices=("saved_model", "meta_graph"), default="saved_model",
                         help="which form of the export the actors load (default: %(default)s)")
+    add_verbose_flag(parser)
     return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    console(args.verbose, tensorflow=True)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         check_output(args.out, directory=False)  # before TensorFlow and Ray start

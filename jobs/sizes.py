@@ -18,8 +18,9 @@ from typing import Sequence
 
 import numpy as np
 
+from raytrain8m.cli import add_verbose_flag, console
 from raytrain8m.errors import Raytrain8mError, fail
-from raytrain8m.models import ModelConfig, create_variables
+from raytrain8m.models import ModelConfig
 
 # Table 1 of the paper, largest first (letters Y G F X H K L J A N S O T Q E R M P).
 TABLE1_MODELS = (
@@ -34,6 +35,8 @@ ALIASES = {"paper": TABLE1_MODELS, "nextvlad": NEXTVLAD_MODELS}
 
 def built_size(config: ModelConfig) -> tuple[float, int]:
     """(MiB, parameters) of the variables `create_variables` builds for `config`."""
+    from raytrain8m.models import create_variables
+
     variables = create_variables(config, zeros=True)
     size_bytes = sum(int(np.prod(v.shape)) * v.dtype.size for v in variables.values())
     parameters = sum(int(np.prod(v.shape)) for v in variables.values())
@@ -74,11 +77,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--classes", type=int, default=ModelConfig.num_classes,
                         help="number of classes V (default: %(default)s, the 2018 vocabulary)")
     parser.add_argument("--json", action="store_true", help="print one JSON array instead of a table")
+    add_verbose_flag(parser)
     return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    console(args.verbose)
     try:
         rows = sizes(args.models, args.classes)
     except Raytrain8mError as error:

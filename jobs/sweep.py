@@ -41,6 +41,7 @@ import sys
 from typing import Sequence
 
 from raytrain8m.cli import Parser, add_skip_corrupt
+from raytrain8m.cli import add_verbose_flag, console
 from raytrain8m.errors import Raytrain8mError, fail
 
 SMOKE = {"grid": "K4-H16,K8-H16", "classes": 20, "max_steps": 20, "checkpoint_every": 5,
@@ -86,6 +87,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     run.add_argument("--zoo-interval", type=int, default=1, help="score every N-th checkpoint for the zoo")
     run.add_argument("--smoke", action="store_true",
                      help=f"tiny settings for anything not given: {json.dumps(SMOKE)}")
+    add_verbose_flag(parser)
     args = parser.parse_args(argv)
     if args.smoke:
         for key, value in SMOKE.items():
@@ -96,6 +98,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    console(args.verbose)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from raytrain8m import placement, sweep, sweep_records
     from raytrain8m.zoo import build_zoo

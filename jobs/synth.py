@@ -15,6 +15,7 @@ import json
 import sys
 
 from raytrain8m.data.synthetic import generate
+from raytrain8m.cli import add_verbose_flag, console
 from raytrain8m.errors import Raytrain8mError, fail
 
 
@@ -38,7 +39,9 @@ def main() -> int:
                              "carry it, as NetVLAD sees; larger: mean pooling catches up)")
     parser.add_argument("--smoke", action="store_true",
                         help="a tiny set: 120 videos, 20 classes, 12 frames, 2 shards")
+    add_verbose_flag(parser)
     args = parser.parse_args()
+    console(args.verbose)
     if args.smoke:
         args.videos, args.classes, args.max_frames, args.shards = 120, 20, 12, 2
     try:

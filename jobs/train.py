@@ -29,6 +29,7 @@ from typing import Any, Sequence
 
 from raytrain8m import settings
 from raytrain8m.cli import Parser, check_output
+from raytrain8m.cli import add_verbose_flag, console
 from raytrain8m.errors import ConfigError, Raytrain8mError, fail
 from raytrain8m.models import NAME_FIELDS, ModelConfig
 from raytrain8m.train import TrainConfig
@@ -81,6 +82,7 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
                         help="a tiny model on synthetic data (generated under RAYTRAIN8M_DATA/smoke)")
     _add_fields(parser, ModelConfig, {"family", "fp16", "int8", "rgb_size", "audio_size"})
     _add_fields(parser, TrainConfig, NOT_FLAGS)
+    add_verbose_flag(parser)
     return parser
 
 
@@ -131,6 +133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Train (or resume) what the parsed flags say; print the result as JSON."""
+    console(args.verbose, tensorflow=True)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         config = config_from_args(args)

@@ -16,6 +16,7 @@ import sys
 from typing import Sequence
 
 from raytrain8m.cli import Parser
+from raytrain8m.cli import add_verbose_flag, console
 from raytrain8m.errors import ConfigError, Raytrain8mError, fail
 from raytrain8m.zoo import load_zoo
 
@@ -26,11 +27,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--pin", action="append", default=[], metavar="LETTER=MODEL",
                         help="pin a letter to a model, e.g. Y=K24-H1440 (repeatable); saves zoo.json")
     parser.add_argument("--json", action="store_true", help="print the zoo as JSON instead of the table")
+    add_verbose_flag(parser)
     return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    console(args.verbose)
     try:
         zoo = load_zoo(args.zoo)
         for pin in args.pin:

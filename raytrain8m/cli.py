@@ -52,6 +52,27 @@ def add_evaluation_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-track", action="store_true", help="do not log to MLflow")
 
 
+def add_verbose_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--verbose", action="store_true",
+                        help="also show TensorFlow's and Ray's own logs (default: this command's progress "
+                             "and result; Ray's full logs stay in /tmp/ray/session_latest/logs)")
+
+
+def console(verbose: bool, tensorflow: bool = False) -> None:
+    """Quiet by default, verbose on request, for this process and the Ray workers it starts;
+    call right after parsing flags, before TensorFlow or Ray is imported. `tensorflow`: the
+    command uses it, import it now without its start-up banner."""
+    import os
+
+    from raytrain8m import localray
+
+    if verbose:
+        os.environ["RAYTRAIN8M_VERBOSE"] = "1"
+    localray.quiet_process(verbose)
+    if tensorflow and not verbose:
+        localray.import_tensorflow_quietly()
+
+
 def check_output(path: str | os.PathLike, flag: str = "--out", directory: bool = True) -> None:
     """Refuse, before any work, an output that cannot be written: a directory `path` that is a
     file, a file `path` that is a directory, one under a regular file, or one in a directory without

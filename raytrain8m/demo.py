@@ -9,11 +9,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import shutil
 import time
 from pathlib import Path
 from typing import Any
 
+from raytrain8m import settings
 from raytrain8m.errors import ConfigError
 from raytrain8m.models import ModelConfig
 
@@ -49,6 +51,8 @@ SCALES: dict[str, DemoScale] = {
                        grid=("K8-H128", "K16-H128", "K16-H256", "K32-H128", "K32-H256", "K64-H256"),
                        max_steps=3000, checkpoint_every=300, batch_size=64, decay_examples=40000),
 }
+
+DEMO_EXPERIMENT = "raytrain8m-demo"
 
 # The paper's budget (1024 MiB) over its largest fp16 member (Y, 381.40 MiB): the demo's budget
 # keeps that ratio to its own largest model, so 2–3 members fit as in Table 2.
@@ -92,6 +96,10 @@ def run_demo(scale_name: str = "default", data_root: str | Path = "data", runs_r
     from raytrain8m.zoo import build_zoo
 
     demo = scale(scale_name)
+    # One experiment for every stage (sweep, trains, zoo, ensemble): stages that log on their
+    # own (ensemble, infer) read it from the environment.
+    os.environ["MLFLOW_EXPERIMENT_NAME"] = settings.experiment_name() \
+        if os.environ.get("MLFLOW_EXPERIMENT_NAME", "").strip() else DEMO_EXPERIMENT
     started = time.monotonic()
     timings: dict[str, float] = {}
 
@@ -120,7 +128,7 @@ def run_demo(scale_name: str = "default", data_root: str | Path = "data", runs_r
                         max_steps=demo.max_steps,
                         checkpoint_every=demo.checkpoint_every, eval_every=0, eval_batches=0,
                         max_frames=demo.max_frames, log_every=max(1, demo.checkpoint_every // 4),
-                        experiment="raytrain8m-demo")
+                        experiment=settings.experiment_name())
     spec = sweep.SweepSpec(models, train)
     result = sweep.run_sweep(spec, out / "sweep", max_concurrent=max_concurrent, max_failures=1, name="demo")
     failed = [trial.model for trial in result.trials if trial.error]

@@ -23,12 +23,11 @@ from raytrain8m.checkpoint import is_checkpoint, read_config
 from raytrain8m.errors import BudgetError, CheckpointError, ConfigError
 from raytrain8m.models import ModelConfig, family, size_mib
 from raytrain8m.predictions import PredictionStore, combinations, rank_combinations, tune_weights
+from raytrain8m.models.config import DEFAULT_BUDGET_MIB, MEMBER_PRECISIONS
 from raytrain8m.models.storage import with_precision
 
 log = logging.getLogger(__name__)
 
-DEFAULT_BUDGET_MIB = 1024.0
-MEMBER_PRECISIONS = ("fp16", "int8")  # how an export stores members (fp32 is never worth its size)
 _LETTERS = re.compile(r"^[A-Za-z]+$")
 
 
@@ -291,9 +290,16 @@ def make_ensemble(members_spec: str | None, out: str | os.PathLike | None, weigh
         metrics = {"size_mib": size, **({"validate_gap": validate_gap} if validate_gap is not None else {}),
                    **({"report_gap": result.report_gap} if result.report_gap is not None else {})}
         metrics.update({f"member{i}_gap": m.gap for i, m in enumerate(members) if m.gap is not None})
-        log_run(f"ensemble {label}", {"members": ",".join(m.checkpoint for m in members),
-                                      "weights": ",".join(f"{w:.4f}" for w in weights), "out": str(out)},
-                metrics, tags={"stage": "ensemble"})
+        run_id = log_run(f"ensemble {label}", {"members": ",".join(m.checkpoint for m in members),
+                                               "weights": ",".join(f"{w:.4f}" for w in weights), "out": str(out)},
+                         metrics, tags={"stage": "ensemble"})
+        if run_id and result.out:
+            from raytrain8m.tracking import register_ensemble
+            register_ensemble(run_id, result.out, {
+                "members": ",".join(m.name + (f" ({m.letter})" if m.letter else "") for m in members),
+                "weights": ",".join(f"{w:.4f}" for w in weights),
+                "sizes_mib": ",".join(f"{m.fp16_mib:.3f}" for m in members), "size_mib": f"{size:.3f}",
+                "validate_gap": "" if validate_gap is None else f"{validate_gap:.4f}"})
     return result
 
 

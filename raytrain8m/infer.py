@@ -250,7 +250,7 @@ def infer(model_dir: str | os.PathLike, data: str | Sequence[str], out: str | os
     import ray
     from tqdm import tqdm
 
-    from raytrain8m import settings
+    from raytrain8m import localray
 
     started = time.monotonic()
     model_dir, out = Path(model_dir), Path(out)
@@ -275,9 +275,7 @@ def infer(model_dir: str | os.PathLike, data: str | Sequence[str], out: str | os
 
     videos, pool, skipped_records = 0, 0, 0
     if pending:
-        if not ray.is_initialized():
-            ray.init(address=settings.ray_address(), log_to_driver=False,
-                     runtime_env={"env_vars": {"TF_CPP_MIN_LOG_LEVEL": settings.tf_log_level()}})
+        localray.start()
         resources = ray.cluster_resources()
         if use_gpu and resources.get("GPU", 0) < 1:
             raise ConfigError("--use-gpu, but the Ray cluster has no GPU")

@@ -7,7 +7,10 @@
 | `MLFLOW_TRACKING_URI` | `sqlite:///<runs>/mlflow.db` | the MLflow store (a server on a cluster) |
 | `MLFLOW_EXPERIMENT_NAME` | `raytrain8m` | the experiment runs go to |
 | `RAY_ADDRESS` | unset: a local Ray starts in-process (`local`) | the cluster `ray.init()` joins |
-| `TF_CPP_MIN_LOG_LEVEL` | `2` in training workers | TensorFlow's C++ log level (2 = errors only) |
+| `TF_CPP_MIN_LOG_LEVEL` | `3` in every process (`0` with `--verbose`) | TensorFlow's C++ log level (3 = none) |
+| `RAYTRAIN8M_VERBOSE` | unset (`--verbose` sets it) | `1`: TF's and Ray's own logs reach the terminal |
+| `RAYTRAIN8M_RAY_DASHBOARD` | unset: no dashboard | `1`: a local Ray starts its dashboard on 127.0.0.1:8265 |
+| `RAY_AUTH_MODE` | unset (= `token`) | a local Ray refuses anything but `token` (see `localray.py`) |
 
 Functions, not constants: tests and Tune trials change the environment after import.
 """
@@ -52,5 +55,15 @@ def ray_address() -> str:
 
 
 def tf_log_level() -> str:
-    """TensorFlow C++ log level for training workers: errors only unless the user says otherwise."""
-    return os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")
+    """TensorFlow C++ log level for Ray workers: none unless the user (or --verbose) says otherwise."""
+    return os.environ.get("TF_CPP_MIN_LOG_LEVEL") or ("0" if verbose() else "3")
+
+
+def verbose() -> bool:
+    """`--verbose` of any command (carried to Ray workers as RAYTRAIN8M_VERBOSE=1)."""
+    return os.environ.get("RAYTRAIN8M_VERBOSE", "").strip() not in ("", "0")
+
+
+def ray_dashboard() -> bool:
+    """Whether a local Ray starts its dashboard (on 127.0.0.1 only)."""
+    return os.environ.get("RAYTRAIN8M_RAY_DASHBOARD", "").strip() not in ("", "0")

@@ -167,8 +167,10 @@ def run_trial(config: dict[str, Any]) -> None:
     logger.log_params({key: extra[key] for key in ("gpu_type", "batch_size", "memory_gib")})
     logger.set_tags({"node_gpu_types": extra["node_gpu_types"]})
     # At the run's last step: logged at step 0, the final loss would sit at the start of its curve.
-    logger.log_metrics({key: value for key, value in {**result.metrics, **extra}.items()
-                        if key not in ("step", "batch_size")}, step=result.metrics.get("step"))
+    # Only what rank 0 and `fit` did not log already: a metric point is never logged twice.
+    logged = set(result.metrics) | {"fp32_mib", "fp16_mib", "batch_size"}
+    logger.log_metrics({key: value for key, value in extra.items() if key not in logged},
+                       step=result.metrics.get("step"))
     report = {**{k: v for k, v in result.metrics.items() if isinstance(v, (int, float, str))}, **extra,
               "run_dir": str(result.run_dir), "mlflow_run_id": result.mlflow_run_id}
     write_json(Path(result.run_dir) / TRIAL_JSON, report)  # the trial is done, whatever Tune saves
@@ -199,14 +201,9 @@ def _init_ray() -> None:
     per core at once (see default_concurrency) and a CPU for Ray Data's read tasks. On two
     cores two tiny trials overlap their start-up (processes, TensorFlow imports): the tiny
     demo's sweep took 169 s instead of 242 s one at a time."""
-    import ray
+    from raytrain8m import localray
 
-    from raytrain8m import settings
-
-    if ray.is_initialized():
-        return
-    address = settings.ray_address()
-    ray.init(address=address, num_cpus=(os.cpu_count() or 1) + 1 if address == "local" else None)
+    localray.start(num_cpus=(os.cpu_count() or 1) + 1)
 
 
 def default_concurrency(placements: Sequence[Placement], workers_per_trial: int,
@@ -264,7 +261,11 @@ def run_sweep(spec: SweepSpec, out: str | os.PathLike, max_concurrent: int | Non
                                   "train": train.to_dict(), "validate_data": train.validate_data,
                                   "max_concurrent": max_concurrent, "max_failures": max_failures})
     started = time.monotonic()
-    results = _tuner(train, placements, out, sweep, max_concurrent, max_failures).fit()
+    try:
+        results = _tuner(train, placements, out, sweep, max_concurrent, max_failures).fit()
+    except BaseException:
+        parent.end("FAILED")
+        raise
     return _finish(results, out, placements, parent.run_id, uri, time.monotonic() - started)
 
 
@@ -314,4 +315,5 @@ def _finish(results, out: Path, placements: Sequence[Placement], parent_run_id: 
     parent = tracking.RunLogger(parent_run_id, uri)
     parent.log_metrics({"trials_completed": sum(not t.error for t in trials),
                         "trials_failed": sum(bool(t.error) for t in trials), "wall_s": wall_s})
+    parent.end("FAILED" if any(t.error for t in trials) or len(trials) < len(placements) else "FINISHED")
     return SweepResult(out, parent_run_id, list(placements), trials, wall_s)

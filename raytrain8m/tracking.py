@@ -18,7 +18,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
 from raytrain8m import settings
-from raytrain8m.models import ModelConfig, num_parameters, size_mib
+from raytrain8m.models import ModelConfig
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +90,8 @@ class RunLogger:
 
     def log_sizes(self, config: ModelConfig) -> None:
         """fp32/fp16/int8 MiB and parameter count, from the variables the model really builds."""
+        from raytrain8m.models import num_parameters, size_mib
+
         self.log_metrics({"fp32_mib": size_mib(config, fp16=False), "fp16_mib": size_mib(config, fp16=True),
                           "int8_mib": size_mib(config.replace(fp16=False, int8="affine")),
                           "parameters": num_parameters(config)})
@@ -129,6 +131,56 @@ def log_run(run_name: str, params: Mapping[str, Any], metrics: Mapping[str, Any]
             run.log_metrics({key: value}, step=step)
     run.end()
     return run.run_id
+
+
+ENSEMBLE_MODEL = "raytrain8m-ensemble"  # the Model Registry name every exported ensemble is a version of
+
+
+def log_artifacts(run_id: str, path: str | Path, artifact_path: str, uri: str | None = None) -> bool:
+    """Copy a file or directory into a run's artifacts (a user elsewhere can download it);
+    a tracking failure is warned about, never raised."""
+    path = Path(path)
+    try:
+        if path.is_dir():
+            client(uri).log_artifacts(run_id, str(path), artifact_path)
+        else:
+            client(uri).log_artifact(run_id, str(path), artifact_path)
+    except (MlflowException, OSError) as error:
+        log.warning("MLflow: could not log %s for run %s (%s)", path, run_id, error)
+        return False
+    return True
+
+
+def log_chosen_checkpoint(run_id: str, checkpoint: str | Path, how: str, uri: str | None = None) -> None:
+    """A model's chosen checkpoint (`how`: averaged or best single) as artifacts of its train run,
+    under `chosen_checkpoint/`, and tags saying which one it is."""
+    if log_artifacts(run_id, checkpoint, "chosen_checkpoint", uri):
+        RunLogger(run_id, uri).set_tags({"chosen_checkpoint": str(checkpoint), "chosen_checkpoint/kind": how})
+
+
+def register_ensemble(run_id: str, export_dir: str | Path, tags: Mapping[str, Any],
+                      name: str = ENSEMBLE_MODEL, uri: str | None = None) -> str | None:
+    """Log an exported ensemble as the run's `ensemble/` artifacts and register them as a new
+    version of `name` in the Model Registry, with `tags` (members, weights, sizes, GAP).
+    Returns the version, or None when tracking failed (warned about, the export stands)."""
+    if not log_artifacts(run_id, export_dir, "ensemble", uri):
+        return None
+    mlflow_client = client(uri)
+    try:
+        try:
+            mlflow_client.create_registered_model(name, description="raytrain8m ensembles: one TF graph "
+                                                  "under a size budget (MetaGraph + SavedModel)")
+        except MlflowException as error:
+            if error.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+        source = f"{mlflow_client.get_run(run_id).info.artifact_uri.rstrip('/')}/ensemble"
+        version = mlflow_client.create_model_version(name, source, run_id=run_id,
+                                                     tags={key: str(value) for key, value in tags.items()})
+    except (MlflowException, OSError) as error:
+        log.warning("MLflow: could not register %s from run %s (%s)", name, run_id, error)
+        return None
+    RunLogger(run_id, uri).set_tags({"registered_model": f"{name}/{version.version}"})
+    return str(version.version)
 
 
 def find_runs(experiment: str | None = None, filter_string: str = "", uri: str | None = None,

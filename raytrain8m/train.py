@@ -14,12 +14,27 @@ import os
 from pathlib import Path
 from typing import Any, Mapping
 
-from raytrain8m import settings, tracking
-from raytrain8m.checkpoint import check_same_model, list_checkpoints, read_state
+from raytrain8m import localray, settings, tracking
 from raytrain8m.errors import ConfigError, Raytrain8mError
 from raytrain8m.holdout import SPLIT_JSON, Split, make_split
-from raytrain8m.models import ModelConfig, family
+from raytrain8m.models import ModelConfig
 from raytrain8m.models.config import only_known_keys
+
+
+# checkpoint.py imports TensorFlow: imported on first use, so that `--help` stays quick.
+def list_checkpoints(*args, **kwargs):
+    from raytrain8m.checkpoint import list_checkpoints as call
+    return call(*args, **kwargs)
+
+
+def check_same_model(*args, **kwargs):
+    from raytrain8m.checkpoint import check_same_model as call
+    return call(*args, **kwargs)
+
+
+def read_state(*args, **kwargs):
+    from raytrain8m.checkpoint import read_state as call
+    return call(*args, **kwargs)
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +84,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if isinstance(self.model, Mapping):
             object.__setattr__(self, "model", ModelConfig.from_dict(dict(self.model)))
+        from raytrain8m.models import family  # TensorFlow: on first use, not at import
+
         family(self.model)  # an unknown family fails here
         for field in ("batch_size", "max_steps", "checkpoint_every", "decay_examples", "num_workers",
                       "max_frames", "log_every"):
@@ -330,7 +347,7 @@ def _trainer(config: TrainConfig, resources_per_worker: Mapping[str, float] | No
             storage_path=config.out, name=config.run_name,
             failure_config=FailureConfig(max_failures=config.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=None),
-            worker_runtime_env={"env_vars": {"TF_CPP_MIN_LOG_LEVEL": settings.tf_log_level()}},
+            worker_runtime_env={"env_vars": localray.console_env()},
             logging_config=LoggingConfig(log_level="WARNING"),  # rank 0's progress lines, not every report
         ),
     )
@@ -415,13 +432,8 @@ def fit(config: TrainConfig, parent_run_id: str | None = None, tags: Mapping[str
 
 def _init_ray(config: TrainConfig) -> None:
     """Ray, local unless RAY_ADDRESS says otherwise (nothing to do when it is up already)."""
-    import ray
-
-    if not ray.is_initialized():
-        address = settings.ray_address()
-        # Locally, logical CPUs beyond the cores leave room for Ray Data's read tasks.
-        ray.init(address=address,
-                 num_cpus=max(os.cpu_count() or 1, config.num_workers + 2) if address == "local" else None)
+    # Locally, logical CPUs beyond the cores leave room for Ray Data's read tasks.
+    localray.start(num_cpus=max(os.cpu_count() or 1, config.num_workers + 2))
 
 
 def _log_skipped(skip_counter, logger) -> int | None:

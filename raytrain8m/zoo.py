@@ -337,6 +337,9 @@ def build_zoo(run_dirs: Iterable[str | os.PathLike], validate_data: str | Sequen
                                 **({"report_gap": entry.report_gap} if entry.report_gap is not None else {})})
             if split:
                 logger.set_tags({"zoo_split": split})
+            kind = {entry.averaged_checkpoint: "averaged", entry.ema_checkpoint: "EMA"}.get(entry.checkpoint,
+                                                                                          "best single")
+            tracking.log_chosen_checkpoint(entry.mlflow_run_id, entry.checkpoint, kind, tracking_uri)
     previous = load_zoo(out / "zoo.json") if (out / "zoo.json").is_file() else None
     zoo = Zoo.build(carry_pins(entries, previous))
     zoo.split, zoo.timing = split, timing.to_dict()

@@ -3,8 +3,9 @@
 - `synthetic_dir` (Path): made once by `raytrain8m.data.generate` with SYNTHETIC below:
   DIR/train000{0,1}.tfrecord, validate000{0,1}.tfrecord, test000{0,1}.tfrecord (test
   unlabelled) and DIR/synthetic.json (the generator's summary). Treat it as read-only.
-- `ray_session`: `ray.init(num_cpus=2, include_dashboard=False)` once, shut down at the end;
-  request it in any test that builds Ray Datasets, tasks or actors.
+- `ray_session`: a local Ray with 2 CPUs started once by `raytrain8m.localray.start` (the
+  commands' policy: loopback only, token auth, no dashboard), shut down at the end; request it
+  in any test that builds Ray Datasets, tasks or actors.
 """
 from __future__ import annotations
 
@@ -27,11 +28,20 @@ def synthetic_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def ray_session():
+    import os
+
     import ray
 
-    started = not ray.is_initialized()
-    if started:
-        ray.init(address="local", num_cpus=2, include_dashboard=False)  # never join a stray cluster
+    from raytrain8m import localray
+
+    started = False
+    if not ray.is_initialized():
+        address = os.environ.pop("RAY_ADDRESS", None)  # never join a stray cluster
+        try:
+            started = localray.start(num_cpus=2)
+        finally:
+            if address is not None:
+                os.environ["RAY_ADDRESS"] = address
     yield ray
     if started:
         ray.shutdown()

@@ -27,11 +27,13 @@ def logical_gpu_ray():
     session_ray = ray.is_initialized()
     if session_ray:
         ray.shutdown()
-    ray.init(address="local", num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False)
+    from raytrain8m import localray
+
+    localray.start(num_cpus=2, num_gpus=1)  # the commands' policy: loopback, token auth
     yield ray
     ray.shutdown()
     if session_ray:
-        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+        localray.start(num_cpus=2)
 
 
 @pytest.mark.slow

@@ -346,7 +346,8 @@ def gpu_cluster(tmp_path_factory):
     ray.shutdown()
     cluster.shutdown()
     if session_ray:  # give later tests back the session's Ray, as conftest started it
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        from raytrain8m import localray
+        localray.start(num_cpus=2)
 
 
 def _spec(data: Path, grid: str = SWEEP_GRID, **train):

@@ -8,6 +8,9 @@ from typing import Any, Mapping
 
 from raytrain8m.errors import ConfigError
 
+DEFAULT_BUDGET_MIB = 1024.0  # the paper's ensemble budget (1 GiB; its YHLS is 1019.7 MiB)
+MEMBER_PRECISIONS = ("fp16", "int8")  # how an export stores members (fp32 is never worth its size)
+
 MODEL_JSON = "model.json"
 # `K32-H1024` is Gated NetVLAD; `NX-K128-H2048[-G8][-E2][-R8][-MoE]` is NeXtVLAD.
 _NAME = re.compile(r"^K(\d+)-H(\d+)$")
