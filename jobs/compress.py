@@ -23,16 +23,15 @@ from typing import Sequence
 
 from raytrain8m.cli import Parser, add_evaluation_flags, add_verbose_flag, console
 from raytrain8m.errors import Raytrain8mError, fail
+from raytrain8m.models.config import INT8_SCHEMES, MEMBER_PRECISIONS
 
-PRECISIONS = ("fp16", "int8")
-INT8_SCHEMES = ("affine", "codebook")
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = Parser(description=__doc__)
     parser.add_argument("checkpoint", help="the checkpoint directory to compress (fp32, or fp16/int8 again)")
     parser.add_argument("--out", required=True, help="the compressed checkpoint directory to write")
-    parser.add_argument("--precision", choices=PRECISIONS, default="fp16", help="default: %(default)s")
+    parser.add_argument("--precision", choices=MEMBER_PRECISIONS, default="fp16", help="default: %(default)s")
     parser.add_argument("--int8-scheme", choices=INT8_SCHEMES, default="affine",
                         help="int8: per-column scale and offset, or a 256-value codebook (default: %(default)s)")
     parser.add_argument("--validate-data", help="validate split glob: GAP before and after")
