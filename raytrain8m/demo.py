@@ -53,6 +53,7 @@ SCALES: dict[str, DemoScale] = {
 }
 
 DEMO_EXPERIMENT = "raytrain8m-demo"
+LOG_FILE = "demo.log"  # in <runs>/demo: the driver's full log
 
 # The paper's budget (1024 MiB) over its largest fp16 member (Y, 381.40 MiB): the demo's budget
 # keeps that ratio to its own largest model, so 2–3 members fit as in Table 2.
@@ -85,8 +86,48 @@ def synthesise(demo: DemoScale, data_dir: Path) -> dict[str, Any]:
 
 def run_demo(scale_name: str = "default", data_root: str | Path = "data", runs_root: str | Path = "runs",
              max_concurrent: int | None = None) -> dict[str, Any]:
-    """Run every stage; return what the report shows (also written to `<runs>/demo/summary.json`)."""
-    from raytrain8m import sweep
+    """Run every stage; return what the report shows (also written to `<runs>/demo/summary.json`).
+    The driver's full log goes to `<runs>/demo/demo.log`, Ray's (workers, raylet) stay in its
+    session directory, linked as `<runs>/demo/ray_logs`."""
+    demo = scale(scale_name)
+    # One experiment for every stage (sweep, trains, zoo, ensemble): stages that log on their
+    # own (ensemble, infer) read it from the environment.
+    os.environ["MLFLOW_EXPERIMENT_NAME"] = settings.experiment_name() \
+        if os.environ.get("MLFLOW_EXPERIMENT_NAME", "").strip() else DEMO_EXPERIMENT
+    started = time.monotonic()
+    out = Path(runs_root).absolute() / "demo"
+    if out.exists():
+        log.info("replacing the previous demo runs in %s", out)
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    package = logging.getLogger("raytrain8m")
+    level, log_file = package.level, _log_to_file(out / LOG_FILE)
+    try:
+        return _run(demo, scale_name, data_root, out, max_concurrent, started)
+    finally:
+        logging.getLogger().removeHandler(log_file)
+        log_file.close()
+        package.setLevel(level)
+
+
+def _log_to_file(path: Path) -> logging.Handler:
+    """Every log line of the demo's driver, DEBUG up (per-checkpoint scores the console leaves
+    out), also in `path`; the console keeps its own level."""
+    root = logging.getLogger()
+    for handler in root.handlers:  # DEBUG records now reach the root: not to the console
+        if handler.level == logging.NOTSET and not settings.verbose():
+            handler.setLevel(max(root.level, logging.INFO))
+    handler = logging.FileHandler(path)
+    handler.setLevel(logging.DEBUG)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root.addHandler(handler)
+    logging.getLogger("raytrain8m").setLevel(logging.DEBUG)
+    return handler
+
+
+def _run(demo: DemoScale, scale_name: str, data_root: str | Path, out: Path, max_concurrent: int | None,
+         started: float) -> dict[str, Any]:
+    from raytrain8m import localray, sweep
     from raytrain8m.compress import compress_checkpoint
     from raytrain8m.ensemble import make_ensemble
     from raytrain8m.infer import infer
@@ -95,12 +136,6 @@ def run_demo(scale_name: str = "default", data_root: str | Path = "data", runs_r
     from raytrain8m.train import TrainConfig
     from raytrain8m.zoo import build_zoo
 
-    demo = scale(scale_name)
-    # One experiment for every stage (sweep, trains, zoo, ensemble): stages that log on their
-    # own (ensemble, infer) read it from the environment.
-    os.environ["MLFLOW_EXPERIMENT_NAME"] = settings.experiment_name() \
-        if os.environ.get("MLFLOW_EXPERIMENT_NAME", "").strip() else DEMO_EXPERIMENT
-    started = time.monotonic()
     timings: dict[str, float] = {}
 
     def lap(stage: str, since: float) -> float:
@@ -109,11 +144,6 @@ def run_demo(scale_name: str = "default", data_root: str | Path = "data", runs_r
         return time.monotonic()
 
     data_dir = Path(data_root).absolute() / f"demo-{scale_name}"
-    out = Path(runs_root).absolute() / "demo"
-    if out.exists():
-        log.info("replacing the previous demo runs in %s", out)
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
     mark = time.monotonic()
     data = synthesise(demo, data_dir)
     mark = lap("synthesise", mark)
@@ -131,6 +161,7 @@ def run_demo(scale_name: str = "default", data_root: str | Path = "data", runs_r
                         experiment=settings.experiment_name())
     spec = sweep.SweepSpec(models, train)
     result = sweep.run_sweep(spec, out / "sweep", max_concurrent=max_concurrent, max_failures=1, name="demo")
+    localray.link_logs(out)  # Ray's full logs (workers, raylet), also when a trial failed
     failed = [trial.model for trial in result.trials if trial.error]
     if failed or not result.completed:
         raise ConfigError(f"demo sweep: trials failed: {', '.join(failed) or 'all'}; see the log above")
@@ -143,7 +174,7 @@ def run_demo(scale_name: str = "default", data_root: str | Path = "data", runs_r
     mark = lap("zoo (evaluate + average checkpoints)", mark)
 
     compression = [compress_checkpoint(entry.checkpoint, out / "fp16" / entry.name,
-                                       validate_data=choose).to_dict()
+                                       validate_data=choose, progress=False).to_dict()
                    for entry in zoo.models]
     mark = lap("fp16", mark)
 

@@ -434,6 +434,7 @@ def _init_ray(config: TrainConfig) -> None:
     """Ray, local unless RAY_ADDRESS says otherwise (nothing to do when it is up already)."""
     # Locally, logical CPUs beyond the cores leave room for Ray Data's read tasks.
     localray.start(num_cpus=max(os.cpu_count() or 1, config.num_workers + 2))
+    localray.link_logs(config.run_dir)  # run_dir/ray_logs: Ray's session logs (the workers' full output)
 
 
 def _log_skipped(skip_counter, logger) -> int | None:
