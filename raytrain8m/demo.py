@@ -158,6 +158,7 @@ def _run(demo: DemoScale, scale_name: str, data_root: str | Path, out: Path, max
                         max_steps=demo.max_steps,
                         checkpoint_every=demo.checkpoint_every, eval_every=0, eval_batches=0,
                         max_frames=demo.max_frames, log_every=max(1, demo.checkpoint_every // 4),
+                        print_every=max(1, demo.max_steps // 4),  # the console: 4 lines a model
                         experiment=settings.experiment_name())
     spec = sweep.SweepSpec(models, train)
     result = sweep.run_sweep(spec, out / "sweep", max_concurrent=max_concurrent, max_failures=1, name="demo")
