@@ -6,6 +6,7 @@ kept between runs (same scale, same bytes) and reused; the runs are made anew.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -13,7 +14,7 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from raytrain8m import settings
 from raytrain8m.errors import ConfigError
@@ -100,29 +101,33 @@ def run_demo(scale_name: str = "default", data_root: str | Path = "data", runs_r
         log.info("replacing the previous demo runs in %s", out)
         shutil.rmtree(out)
     out.mkdir(parents=True)
-    package = logging.getLogger("raytrain8m")
-    level, log_file = package.level, _log_to_file(out / LOG_FILE)
-    try:
+    with _log_to_file(out / LOG_FILE):
         return _run(demo, scale_name, data_root, out, max_concurrent, started)
-    finally:
-        logging.getLogger().removeHandler(log_file)
-        log_file.close()
-        package.setLevel(level)
 
 
-def _log_to_file(path: Path) -> logging.Handler:
-    """Every log line of the demo's driver, DEBUG up (per-checkpoint scores the console leaves
-    out), also in `path`; the console keeps its own level."""
-    root = logging.getLogger()
-    for handler in root.handlers:  # DEBUG records now reach the root: not to the console
+@contextlib.contextmanager
+def _log_to_file(path: Path) -> Iterator[None]:
+    """Every log line of the demo's driver, DEBUG up (details the console leaves out), also in
+    `path`; the console's handlers keep their level (INFO when they had none)."""
+    root, package = logging.getLogger(), logging.getLogger("raytrain8m")
+    saved = [(handler, handler.level) for handler in root.handlers]
+    level = package.level
+    for handler, _ in saved:  # DEBUG records now reach the root: not to the console
         if handler.level == logging.NOTSET and not settings.verbose():
             handler.setLevel(max(root.level, logging.INFO))
-    handler = logging.FileHandler(path)
-    handler.setLevel(logging.DEBUG)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root.addHandler(handler)
-    logging.getLogger("raytrain8m").setLevel(logging.DEBUG)
-    return handler
+    file_handler = logging.FileHandler(path)
+    file_handler.setLevel(logging.DEBUG)
+    file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root.addHandler(file_handler)
+    package.setLevel(logging.DEBUG)
+    try:
+        yield
+    finally:
+        root.removeHandler(file_handler)
+        file_handler.close()
+        package.setLevel(level)
+        for handler, previous in saved:
+            handler.setLevel(previous)
 
 
 def _run(demo: DemoScale, scale_name: str, data_root: str | Path, out: Path, max_concurrent: int | None,
