@@ -457,7 +457,8 @@ def _train(config: TrainConfig) -> None:
         _maybe_crash(config, rank, step)
         frames, num_frames, labels = next(data)
         if teacher is not None:  # soft targets from the teacher on the same (dequantized) frames
-            labels = distill_targets(teacher, config, dequantize(frames), num_frames, labels.astype(np.float32))
+            labels = distill_targets(teacher, config, dequantize(np.asarray(frames)), np.asarray(num_frames),
+                                     np.asarray(labels, np.float32))
         window_losses.append(train_step(frames, num_frames, labels))  # a tensor: read at log steps
         step += 1
         last = step == config.max_steps

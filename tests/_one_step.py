@@ -20,7 +20,7 @@ GLOBAL_BATCH, FRAMES, CLASSES = 16, 6, 20
 def main(out: str, num_workers: int, rank: int) -> None:
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
     # clip_norm out of the way: clipping a doubled gradient back to norm 1 would hide it.
-    config = TrainConfig(model=ModelConfig(model="baseline", num_classes=CLASSES, iterations=FRAMES),
+    config = TrainConfig(model=ModelConfig(family="baseline", num_classes=CLASSES, iterations=FRAMES),
                          batch_size=GLOBAL_BATCH // num_workers, num_workers=num_workers,
                          max_frames=FRAMES, learning_rate=1e-2, clip_norm=1e9, decay_examples=10**9)
     with strategy.scope():
