@@ -49,7 +49,10 @@ NOISE = re.compile("|".join([
     r"Progress bars disabled",
     # the raylet's "N PYTHON worker processes have been started on node ..." (its error channel)
     r"worker processes have been started on node",
+    r"^(WARNING|INFO):tensorflow:",               # TF's Python logger in a worker (retracing notes)
 ]))
+# A Ray worker SIGTERMed at shutdown: "Exception ignored in: …", its traceback, "SystemExit: 1".
+EXIT_NOISE = ("sigterm_handler", "raise_sys_exit_with_custom_error_message")
 LOGS_LINK = "ray_logs"  # in a run directory: a link to the Ray session's log directory
 
 
@@ -80,6 +83,7 @@ def quiet_process(verbose: bool | None = None) -> None:
         os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # "Creating initial MLflow database tables"
         logging.getLogger("mlflow").setLevel(logging.WARNING)
         logging.getLogger("tensorflow").setLevel(logging.ERROR)  # e.g. tf.function retracing notes
+        logging.getLogger("absl").setLevel(logging.WARNING)  # SavedModel export's renaming notes
 
 
 def _quiet_ray_loggers() -> None:
@@ -120,12 +124,33 @@ def _filter_forwarded_logs() -> None:
 
     def filtered(data: dict) -> None:
         source = data.get("actor_name") or data.get("task_name") or str(data.get("pid", ""))
-        lines = [line for line in data.get("lines", []) if keep_line(source, line)]
+        lines = [line for line in _drop_exit_tracebacks(data.get("lines", [])) if keep_line(source, line)]
         if lines:
             printer({**data, "lines": lines})
 
     dispatcher.remove_handler("ray_print_logs")
     dispatcher.add_handler("ray_print_logs", filtered)
+
+
+def _drop_exit_tracebacks(lines: list[str]) -> list[str]:
+    """Leave out the "Exception ignored in … SystemExit" block a worker prints when Ray
+    SIGTERMs it at shutdown (one forwarded batch); any other traceback stays."""
+    if not any(marker in line for line in lines for marker in EXIT_NOISE):
+        return lines
+    kept, block = [], None
+    for line in lines:
+        if line.startswith("Exception ignored in"):
+            kept += block or []
+            block = [line]
+        elif block is not None:
+            block.append(line)
+            if line.startswith("SystemExit"):
+                if not any(marker in held for held in block for marker in EXIT_NOISE):
+                    kept += block
+                block = None
+        else:
+            kept.append(line)
+    return kept + (block or [])
 
 
 def _filter_error_channel() -> None:

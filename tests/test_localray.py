@@ -102,6 +102,14 @@ def test_the_console_drops_the_raylet_worker_pool_warning_and_keeps_other_lines(
     assert not localray.keep_line("1234", POOL_WARNING)
     assert not localray.keep_line("1234", "WARNING: 12 PYTHON worker processes have been started on node: x")
     assert localray.keep_line("1234", "step 12/24  loss 0.4100  310 examples/s  ETA 4 s")
+    assert not localray.keep_line("1234", "WARNING:tensorflow:5 out of the last 5 calls to <function> triggered")
+    shutdown = ["Exception ignored in: <function WeakSet.__init__.<locals>._remove at 0x7f>",
+                "Traceback (most recent call last):", '  File "_weakrefset.py", line 39, in _remove',
+                '  File "ray/_private/worker.py", line 1063, in sigterm_handler',
+                "    raise_sys_exit_with_custom_error_message(", "SystemExit: 1"]
+    assert localray._drop_exit_tracebacks(["before", *shutdown, "after"]) == ["before", "after"]
+    other = ["Traceback (most recent call last):", "ValueError: bad record"]
+    assert localray._drop_exit_tracebacks(other) == other
 
 
 def test_the_run_directory_links_ray_s_session_logs_and_raylet_chatter_is_dropped(ray_session, tmp_path,
