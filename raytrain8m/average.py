@@ -136,8 +136,9 @@ class AverageSummary:
 def auto_average(sources: Sequence[str | os.PathLike], validate_data: str | Sequence[str],
                  out: str | os.PathLike, interval: int = 1, max_ranges: int = 8,
                  batch_size: int = 256, max_batches: int | None = None, track: bool = True,
-                 progress: bool = True) -> AverageSummary:
-    """Evaluate every `interval`-th checkpoint, then ranges around the best; keep the best average."""
+                 progress: bool = False) -> AverageSummary:
+    """Evaluate every `interval`-th checkpoint, then ranges around the best; keep the best average.
+    Each evaluation logs one line; `progress`: a tqdm bar per evaluation too."""
     from raytrain8m import tracking
     from raytrain8m.evaluate import evaluate, model_from_tensors, predictor
 

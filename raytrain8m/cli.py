@@ -55,7 +55,7 @@ def add_evaluation_flags(parser: argparse.ArgumentParser) -> None:
 def add_verbose_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--verbose", action="store_true",
                         help="also show TensorFlow's and Ray's own logs (default: this command's progress "
-                             "and result; Ray's full logs stay in /tmp/ray/session_latest/logs)")
+                             "and result; Ray's full logs: ray_logs in the run directory)")
 
 
 def console(verbose: bool, tensorflow: bool = False) -> None:

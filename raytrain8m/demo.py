@@ -6,6 +6,7 @@ kept between runs (same scale, same bytes) and reused; the runs are made anew.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -13,7 +14,7 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from raytrain8m import settings
 from raytrain8m.errors import ConfigError
@@ -53,6 +54,7 @@ SCALES: dict[str, DemoScale] = {
 }
 
 DEMO_EXPERIMENT = "raytrain8m-demo"
+LOG_FILE = "demo.log"  # in <runs>/demo: the driver's full log
 
 # The paper's budget (1024 MiB) over its largest fp16 member (Y, 381.40 MiB): the demo's budget
 # keeps that ratio to its own largest model, so 2–3 members fit as in Table 2.
@@ -85,8 +87,52 @@ def synthesise(demo: DemoScale, data_dir: Path) -> dict[str, Any]:
 
 def run_demo(scale_name: str = "default", data_root: str | Path = "data", runs_root: str | Path = "runs",
              max_concurrent: int | None = None) -> dict[str, Any]:
-    """Run every stage; return what the report shows (also written to `<runs>/demo/summary.json`)."""
-    from raytrain8m import sweep
+    """Run every stage; return what the report shows (also written to `<runs>/demo/summary.json`).
+    The driver's full log goes to `<runs>/demo/demo.log`, Ray's (workers, raylet) stay in its
+    session directory, linked as `<runs>/demo/ray_logs`."""
+    demo = scale(scale_name)
+    # One experiment for every stage (sweep, trains, zoo, ensemble): stages that log on their
+    # own (ensemble, infer) read it from the environment.
+    os.environ["MLFLOW_EXPERIMENT_NAME"] = settings.experiment_name() \
+        if os.environ.get("MLFLOW_EXPERIMENT_NAME", "").strip() else DEMO_EXPERIMENT
+    started = time.monotonic()
+    out = Path(runs_root).absolute() / "demo"
+    if out.exists():
+        log.info("replacing the previous demo runs in %s", out)
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    with _log_to_file(out / LOG_FILE):
+        return _run(demo, scale_name, data_root, out, max_concurrent, started)
+
+
+@contextlib.contextmanager
+def _log_to_file(path: Path) -> Iterator[None]:
+    """Every log line of the demo's driver, DEBUG up (details the console leaves out), also in
+    `path`; the console's handlers keep their level (INFO when they had none)."""
+    root, package = logging.getLogger(), logging.getLogger("raytrain8m")
+    saved = [(handler, handler.level) for handler in root.handlers]
+    level = package.level
+    for handler, _ in saved:  # DEBUG records now reach the root: not to the console
+        if handler.level == logging.NOTSET and not settings.verbose():
+            handler.setLevel(max(root.level, logging.INFO))
+    file_handler = logging.FileHandler(path)
+    file_handler.setLevel(logging.DEBUG)
+    file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root.addHandler(file_handler)
+    package.setLevel(logging.DEBUG)
+    try:
+        yield
+    finally:
+        root.removeHandler(file_handler)
+        file_handler.close()
+        package.setLevel(level)
+        for handler, previous in saved:
+            handler.setLevel(previous)
+
+
+def _run(demo: DemoScale, scale_name: str, data_root: str | Path, out: Path, max_concurrent: int | None,
+         started: float) -> dict[str, Any]:
+    from raytrain8m import localray, sweep
     from raytrain8m.compress import compress_checkpoint
     from raytrain8m.ensemble import make_ensemble
     from raytrain8m.infer import infer
@@ -95,12 +141,6 @@ def run_demo(scale_name: str = "default", data_root: str | Path = "data", runs_r
     from raytrain8m.train import TrainConfig
     from raytrain8m.zoo import build_zoo
 
-    demo = scale(scale_name)
-    # One experiment for every stage (sweep, trains, zoo, ensemble): stages that log on their
-    # own (ensemble, infer) read it from the environment.
-    os.environ["MLFLOW_EXPERIMENT_NAME"] = settings.experiment_name() \
-        if os.environ.get("MLFLOW_EXPERIMENT_NAME", "").strip() else DEMO_EXPERIMENT
-    started = time.monotonic()
     timings: dict[str, float] = {}
 
     def lap(stage: str, since: float) -> float:
@@ -109,11 +149,6 @@ def run_demo(scale_name: str = "default", data_root: str | Path = "data", runs_r
         return time.monotonic()
 
     data_dir = Path(data_root).absolute() / f"demo-{scale_name}"
-    out = Path(runs_root).absolute() / "demo"
-    if out.exists():
-        log.info("replacing the previous demo runs in %s", out)
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
     mark = time.monotonic()
     data = synthesise(demo, data_dir)
     mark = lap("synthesise", mark)
@@ -128,9 +163,11 @@ def run_demo(scale_name: str = "default", data_root: str | Path = "data", runs_r
                         max_steps=demo.max_steps,
                         checkpoint_every=demo.checkpoint_every, eval_every=0, eval_batches=0,
                         max_frames=demo.max_frames, log_every=max(1, demo.checkpoint_every // 4),
+                        print_every=max(1, demo.max_steps // 4),  # the console: 4 lines a model
                         experiment=settings.experiment_name())
     spec = sweep.SweepSpec(models, train)
     result = sweep.run_sweep(spec, out / "sweep", max_concurrent=max_concurrent, max_failures=1, name="demo")
+    localray.link_logs(out)  # Ray's full logs (workers, raylet), also when a trial failed
     failed = [trial.model for trial in result.trials if trial.error]
     if failed or not result.completed:
         raise ConfigError(f"demo sweep: trials failed: {', '.join(failed) or 'all'}; see the log above")
@@ -143,7 +180,7 @@ def run_demo(scale_name: str = "default", data_root: str | Path = "data", runs_r
     mark = lap("zoo (evaluate + average checkpoints)", mark)
 
     compression = [compress_checkpoint(entry.checkpoint, out / "fp16" / entry.name,
-                                       validate_data=choose).to_dict()
+                                       validate_data=choose, progress=False).to_dict()
                    for entry in zoo.models]
     mark = lap("fp16", mark)
 

@@ -11,7 +11,8 @@
   refuses to start with `RAY_AUTH_MODE` other than `token` (unset means token, as in Ray 2.60).
 - Every Ray process gets `console_env()`: TensorFlow's C++ start-up banner and CUDA probes off,
   Ray's own INFO/WARNING chatter not forwarded; `--verbose` (`RAYTRAIN8M_VERBOSE=1`) keeps
-  them. The full logs stay in Ray's session directory (`/tmp/ray/session_latest/logs`).
+  them. The full logs stay in Ray's session directory (`/tmp/ray/session_<time>/logs`); each
+  run directory links to it as `ray_logs` (`link_logs`).
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import logging
 import os
 import re
 import sys
+from pathlib import Path
 from typing import Any
 
 from raytrain8m import settings
@@ -45,7 +47,13 @@ NOISE = re.compile("|".join([
     r"^To enable the following instructions",
     r"Warning: |^\s+warnings\.warn\(|^\s+self\.\w+ = \w+$",  # Python warnings and their source line
     r"Progress bars disabled",
+    # the raylet's "N PYTHON worker processes have been started on node ..." (its error channel)
+    r"worker processes have been started on node",
+    r"^(WARNING|INFO):tensorflow:",               # TF's Python logger in a worker (retracing notes)
 ]))
+# A Ray worker SIGTERMed at shutdown: "Exception ignored in: …", its traceback, "SystemExit: 1".
+EXIT_NOISE = ("sigterm_handler", "raise_sys_exit_with_custom_error_message")
+LOGS_LINK = "ray_logs"  # in a run directory: a link to the Ray session's log directory
 
 
 def console_env(verbose: bool | None = None) -> dict[str, str]:
@@ -75,6 +83,7 @@ def quiet_process(verbose: bool | None = None) -> None:
         os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # "Creating initial MLflow database tables"
         logging.getLogger("mlflow").setLevel(logging.WARNING)
         logging.getLogger("tensorflow").setLevel(logging.ERROR)  # e.g. tf.function retracing notes
+        logging.getLogger("absl").setLevel(logging.WARNING)  # SavedModel export's renaming notes
 
 
 def _quiet_ray_loggers() -> None:
@@ -115,12 +124,91 @@ def _filter_forwarded_logs() -> None:
 
     def filtered(data: dict) -> None:
         source = data.get("actor_name") or data.get("task_name") or str(data.get("pid", ""))
-        lines = [line for line in data.get("lines", []) if keep_line(source, line)]
+        lines = [line for line in _drop_exit_tracebacks(data.get("lines", [])) if keep_line(source, line)]
         if lines:
             printer({**data, "lines": lines})
 
     dispatcher.remove_handler("ray_print_logs")
     dispatcher.add_handler("ray_print_logs", filtered)
+
+
+def _drop_exit_tracebacks(lines: list[str]) -> list[str]:
+    """Leave out the "Exception ignored in … SystemExit" block a worker prints when Ray
+    SIGTERMs it at shutdown (one forwarded batch); any other traceback stays."""
+    if not any(marker in line for line in lines for marker in EXIT_NOISE):
+        return lines
+    kept, block = [], None
+    for line in lines:
+        if line.startswith("Exception ignored in"):
+            kept += block or []
+            block = [line]
+        elif block is not None:
+            block.append(line)
+            if line.startswith("SystemExit"):
+                if not any(marker in held for held in block for marker in EXIT_NOISE):
+                    kept += block
+                block = None
+        else:
+            kept.append(line)
+    return kept + (block or [])
+
+
+def _filter_error_channel() -> None:
+    """The raylet's messages to the driver (`listen_error_messages`) bypass the dispatcher: they
+    call `ray._private.worker.print_to_stdstream` by name. Drop the known chatter (the worker-pool
+    size warning), keep every other message: those report real failures."""
+    from ray._private import worker
+
+    original = worker.print_to_stdstream
+    if getattr(original, "raytrain8m_filtered", False):
+        return
+
+    def filtered(data: dict, ignore_prefix: bool) -> None:
+        lines = [line for line in data.get("lines", []) if not NOISE.search(line)]
+        if lines:
+            original({**data, "lines": lines}, ignore_prefix=ignore_prefix)
+
+    filtered.raytrain8m_filtered = True
+    worker.print_to_stdstream = filtered
+
+
+def session_logs() -> Path | None:
+    """The log directory of the Ray session this process belongs to, if Ray is up and local to it."""
+    try:
+        import ray
+
+        if not ray.is_initialized():
+            return None
+        from ray._private import worker
+
+        return Path(worker.global_worker.node.get_logs_dir_path())
+    except Exception:  # a Ray client connection, or a Ray without these internals: nothing to link
+        return None
+
+
+def link_logs(run_dir: str | os.PathLike) -> Path | None:
+    """Make `run_dir/ray_logs` a link to this Ray session's log directory (workers' stdout and
+    stderr, raylet, GCS): the full logs of a run that the console shows only the gist of. Where
+    a link cannot be made, `run_dir/ray_logs.txt` names the directory. Returns what it wrote."""
+    logs = session_logs()
+    if logs is None:
+        return None
+    run_dir = Path(run_dir)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        link, temporary = run_dir / LOGS_LINK, run_dir / f".{LOGS_LINK}.{os.getpid()}"
+        temporary.unlink(missing_ok=True)
+        temporary.symlink_to(logs, target_is_directory=True)
+        os.replace(temporary, link)
+        return link
+    except OSError:
+        try:
+            note = run_dir / f"{LOGS_LINK}.txt"
+            note.write_text(f"{logs}\n")
+            return note
+        except OSError as error:
+            log.debug("could not record Ray's log directory in %s (%s)", run_dir, error)
+            return None
 
 
 def check_auth() -> None:
@@ -177,5 +265,6 @@ def start(num_cpus: int | None = None, num_gpus: int | None = None, verbose: boo
     ray.init(**options)
     if not verbose:
         _filter_forwarded_logs()
+        _filter_error_channel()
         _quiet_ray_loggers()
     return True

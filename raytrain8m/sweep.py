@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from raytrain8m import tracking
+from raytrain8m import localray, tracking
 from raytrain8m.errors import ConfigError
 from raytrain8m.gpus import GPU_PROFILES, GpuProfile
 from raytrain8m.holdout import SPLIT_JSON, Split
@@ -201,8 +201,6 @@ def _init_ray() -> None:
     per core at once (see default_concurrency) and a CPU for Ray Data's read tasks. On two
     cores two tiny trials overlap their start-up (processes, TensorFlow imports): the tiny
     demo's sweep took 169 s instead of 242 s one at a time."""
-    from raytrain8m import localray
-
     localray.start(num_cpus=(os.cpu_count() or 1) + 1)
 
 
@@ -233,6 +231,7 @@ def run_sweep(spec: SweepSpec, out: str | os.PathLike, max_concurrent: int | Non
     _init_ray()
     if (out / SWEEP_JSON).exists() or (out / TUNE_DIR).exists():
         raise ConfigError(f"{out} already holds a sweep; resume it (--resume) or choose another --out")
+    localray.link_logs(out)  # out/ray_logs: Ray's session logs (every trial's workers)
     placements = list(placements) if placements is not None else plan_sweep(spec, profiles=profiles)
     log.info("sweep plan:\n%s", plan_table(placements))
     train = spec.train.resolved()  # absolute data paths: trials and workers run elsewhere
@@ -289,6 +288,7 @@ def resume_sweep(out: str | os.PathLike) -> SweepResult:
     results = []
     if pending:
         _init_ray()
+        localray.link_logs(out)
         attempt = 1 + sum(1 for _ in out.glob(f"{TUNE_DIR}-resume-*"))
         tuner = _tuner(TrainConfig.from_dict(saved["train"]), pending, out, sweep,
                        min(saved["max_concurrent"], len(pending)), saved["max_failures"],

@@ -67,6 +67,7 @@ class TrainConfig:
     max_frames: int = 300
     max_failures: int = 3         # worker-group restarts from the latest checkpoint
     log_every: int = 100          # progress line and MLflow loss every N steps
+    print_every: int = 0          # the console's progress line every N steps instead (and the last); 0 = log_every
     shuffle_buffer: int = 512     # videos in each worker's local shuffle buffer; 0 = no row shuffle
     prefetch_batches: int = 2     # batches read ahead while the step runs; 0 = none
     jit_compile: bool = False     # XLA-compile the model's forward and backward (bench/train_step.py)
@@ -93,7 +94,7 @@ class TrainConfig:
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ConfigError(f"{field} must be a positive integer, got {value!r}")
         for field in ("eval_every", "eval_batches", "max_failures", "crash_at_step", "shuffle_buffer",
-                      "prefetch_batches"):
+                      "prefetch_batches", "print_every"):
             if getattr(self, field) < 0:
                 raise ConfigError(f"{field} must be >= 0, got {getattr(self, field)!r}")
         for field in ("learning_rate", "decay_rate", "clip_norm"):
@@ -434,6 +435,7 @@ def _init_ray(config: TrainConfig) -> None:
     """Ray, local unless RAY_ADDRESS says otherwise (nothing to do when it is up already)."""
     # Locally, logical CPUs beyond the cores leave room for Ray Data's read tasks.
     localray.start(num_cpus=max(os.cpu_count() or 1, config.num_workers + 2))
+    localray.link_logs(config.run_dir)  # run_dir/ray_logs: Ray's session logs (the workers' full output)
 
 
 def _log_skipped(skip_counter, logger) -> int | None:

@@ -478,7 +478,9 @@ def _train(config: TrainConfig) -> None:
         if tensors is not None:
             check_finite(tensors, config, step)  # every worker holds the same values: all raise
         if rank == 0:
-            log.info(_progress(step, config, metrics["loss"], metrics["examples_per_sec"], resumed_from, started))
+            if last or not config.print_every or step % config.print_every == 0:
+                log.info(_progress(step, config, metrics["loss"], metrics["examples_per_sec"], resumed_from,
+                                   started))
             if do_eval:
                 metrics.update(evaluate_snapshot(config, tensors))
                 if ema:

@@ -384,7 +384,7 @@ def score_ema(entry: ZooEntry, checkpoints: list, validate_data: str | Sequence[
             continue
         gap = float(evaluate(predictor(model_from_tensors(checkpoint.config, weights)), validate_data,
                              checkpoint.config.num_classes, max_batches=eval_batches, progress=False)["gap"])
-        log.info("%s: EMA weights of step %d: GAP %.4f", checkpoint.config.name, checkpoint.step, gap)
+        log.debug("%s: EMA weights of step %d: GAP %.4f", checkpoint.config.name, checkpoint.step, gap)
         if best is None or gap > best[0]:
             best = (gap, checkpoint, weights)
     if best is not None:

@@ -93,6 +93,44 @@ def test_local_ray_listens_on_loopback_only_with_token_auth(ray_session):
     assert os.environ["RAY_AUTH_MODE"] == "token"
 
 
+POOL_WARNING = ("[2026-12-03 07:26:38,289 W 4523 4523] (raylet) worker_pool.cc:1796: WARNING: 8 PYTHON worker "
+                "processes have been started on node: d6a9 with address: 127.0.0.1, which is 4x the maximum "
+                "expected startup concurrency (2).")
+
+
+def test_the_console_drops_the_raylet_worker_pool_warning_and_keeps_other_lines():
+    assert not localray.keep_line("1234", POOL_WARNING)
+    assert not localray.keep_line("1234", "WARNING: 12 PYTHON worker processes have been started on node: x")
+    assert localray.keep_line("1234", "step 12/24  loss 0.4100  310 examples/s  ETA 4 s")
+    assert not localray.keep_line("1234", "WARNING:tensorflow:5 out of the last 5 calls to <function> triggered")
+    shutdown = ["Exception ignored in: <function WeakSet.__init__.<locals>._remove at 0x7f>",
+                "Traceback (most recent call last):", '  File "_weakrefset.py", line 39, in _remove',
+                '  File "ray/_private/worker.py", line 1063, in sigterm_handler',
+                "    raise_sys_exit_with_custom_error_message(", "SystemExit: 1"]
+    assert localray._drop_exit_tracebacks(["before", *shutdown, "after"]) == ["before", "after"]
+    other = ["Traceback (most recent call last):", "ValueError: bad record"]
+    assert localray._drop_exit_tracebacks(other) == other
+
+
+def test_the_run_directory_links_ray_s_session_logs_and_raylet_chatter_is_dropped(ray_session, tmp_path,
+                                                                                  capsys):
+    from ray._private import worker
+
+    link = localray.link_logs(tmp_path / "run")
+    assert link == tmp_path / "run" / localray.LOGS_LINK and link.is_symlink()
+    assert (link / "raylet.out").is_file()  # the raylet's own log, among the workers' output
+    assert localray.link_logs(tmp_path / "run") == link  # again: replaced, not refused
+    if os.environ.get("RAYTRAIN8M_VERBOSE") == "1":
+        return  # verbose: everything is shown
+    # the raylet's messages to the driver: its worker-pool warning dropped, a failure kept
+    worker.print_to_stdstream({"lines": [POOL_WARNING, "a worker died: out of memory"], "pid": "raylet",
+                               "is_err": False}, ignore_prefix=False)
+    for batch in worker.stdout_deduplicator.flush():
+        worker.print_worker_logs(batch, sys.stdout, False)
+    out = capsys.readouterr().out
+    assert "a worker died" in out and "worker processes have been started" not in out
+
+
 @pytest.mark.slow
 def test_a_training_run_listens_beyond_loopback_only_through_tensorflow(ray_session, synthetic_dir, tmp_path):
     """The one listener left beyond loopback: TF's MultiWorker gRPC server in each Ray Train
