@@ -26,7 +26,6 @@ from raytrain8m.errors import Raytrain8mError, fail
 from raytrain8m.models.config import INT8_SCHEMES, MEMBER_PRECISIONS
 
 
-
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = Parser(description=__doc__)
     parser.add_argument("checkpoint", help="the checkpoint directory to compress (fp32, or fp16/int8 again)")

@@ -196,12 +196,13 @@ def _tuner(train: TrainConfig, placements: Sequence[Placement], out: Path, sweep
     )
 
 
-def _init_ray() -> None:
+def _init_ray(out: Path) -> None:
     """Join RAY_ADDRESS, or start a local Ray with a logical CPU per core and one more: a trial
     per core at once (see default_concurrency) and a CPU for Ray Data's read tasks. On two
     cores two tiny trials overlap their start-up (processes, TensorFlow imports): the tiny
     demo's sweep took 169 s instead of 242 s one at a time."""
     localray.start(num_cpus=(os.cpu_count() or 1) + 1)
+    localray.link_logs(out)  # out/ray_logs: Ray's session logs (every trial's workers)
 
 
 def default_concurrency(placements: Sequence[Placement], workers_per_trial: int,
@@ -228,10 +229,9 @@ def run_sweep(spec: SweepSpec, out: str | os.PathLike, max_concurrent: int | Non
     check_output(out)
     for data in (spec.train.resolved().train_data, spec.train.resolved().validate_data):
         files.expand(data)  # missing or empty files: an error now, not in every trial
-    _init_ray()
     if (out / SWEEP_JSON).exists() or (out / TUNE_DIR).exists():
         raise ConfigError(f"{out} already holds a sweep; resume it (--resume) or choose another --out")
-    localray.link_logs(out)  # out/ray_logs: Ray's session logs (every trial's workers)
+    _init_ray(out)
     placements = list(placements) if placements is not None else plan_sweep(spec, profiles=profiles)
     log.info("sweep plan:\n%s", plan_table(placements))
     train = spec.train.resolved()  # absolute data paths: trials and workers run elsewhere
@@ -287,8 +287,7 @@ def resume_sweep(out: str | os.PathLike) -> SweepResult:
     started = time.monotonic()
     results = []
     if pending:
-        _init_ray()
-        localray.link_logs(out)
+        _init_ray(out)
         attempt = 1 + sum(1 for _ in out.glob(f"{TUNE_DIR}-resume-*"))
         tuner = _tuner(TrainConfig.from_dict(saved["train"]), pending, out, sweep,
                        min(saved["max_concurrent"], len(pending)), saved["max_failures"],
