@@ -3,7 +3,9 @@
 A checkpoint is what every later stage reads: averaging, fp16 casting, ensembling,
 evaluation. Tensors are saved by variable name (`tower/hidden1_weights`) with
 TensorFlow's own bundle format, so `tf.train.load_checkpoint` and TF1 `Saver`s
-read them too. Optimizer slots, when kept for resuming, live under `optimizer/`; a moving
+read them too. TensorFlow is imported only where tensors are read or written, so that a process
+that only lists checkpoints or reads their JSON (a Tune trial, `--status`) never imports it.
+Optimizer slots, when kept for resuming, live under `optimizer/`; a moving
 average of the trainable weights (`--ema-decay`) under `ema/`.
 """
 from __future__ import annotations
@@ -17,7 +19,6 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
-import tensorflow as tf
 
 from raytrain8m.errors import CheckpointError
 from raytrain8m.models.config import MODEL_JSON, ModelConfig
@@ -61,6 +62,8 @@ def _write_json(path: Path, payload: Any) -> None:
 def save_checkpoint(directory: str | os.PathLike, config: ModelConfig,
                     tensors: Mapping[str, Any], step: int, state: Mapping[str, Any] | None = None) -> Path:
     """Write a checkpoint directory atomically (a temporary sibling renamed when complete)."""
+    import tensorflow as tf
+
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging = directory.parent / f".{directory.name}.tmp-{uuid.uuid4().hex[:8]}"
@@ -100,6 +103,8 @@ def read_state(directory: str | os.PathLike) -> dict[str, Any]:
 
 def load_checkpoint(directory: str | os.PathLike, weights_only: bool = False) -> Checkpoint:
     """Read a checkpoint directory; `weights_only` skips optimizer slots."""
+    import tensorflow as tf
+
     directory = Path(directory)
     if not directory.is_dir():
         raise CheckpointError(f"{directory}: checkpoint directory does not exist")

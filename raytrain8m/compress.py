@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 def to_fp16(config: ModelConfig, tensors: Mapping[str, np.ndarray]) -> tuple[ModelConfig, dict[str, np.ndarray]]:
     """The fp16 config and tensors: BIG_TENSORS cast to float16, everything else unchanged."""
     config16 = config.replace(fp16=True)
-    return config16, {name: np.asarray(value).astype(storage_dtype(config16, name).as_numpy_dtype)
+    return config16, {name: np.asarray(value).astype(storage_dtype(config16, name))
                       for name, value in tensors.items()}
 
 

@@ -3,19 +3,20 @@ run, another model's checkpoint) no. `FailureConfig(max_failures)` retries every
 failure; a DataError would fail the same way on every retry, minutes each, before the run stops.
 
 Ray Train V2 has no public hook for this: `install()` swaps the factory its trainer calls for its
-failure policy (`ray.train.v2.api.data_parallel_trainer.create_failure_policy`); with another Ray
-it does nothing and the worker-side record (`train.ERROR_JSON`) still gives the driver the error.
+failure policy (`compat.install_failure_policy`); with another Ray it does nothing and the
+worker-side record (`train.ERROR_JSON`) still gives the driver the error.
 """
 from __future__ import annotations
 
 import logging
 
 import ray
-from ray.train.v2._internal.execution.failure_handling import DefaultFailurePolicy, FailureDecision
 
+from raytrain8m import compat
 from raytrain8m.errors import Raytrain8mError
 
 log = logging.getLogger(__name__)
+DefaultFailurePolicy, FailureDecision = compat.default_failure_policy()
 
 
 def own_error(error: BaseException | None) -> Raytrain8mError | None:
@@ -54,11 +55,4 @@ def _create_failure_policy(failure_config):
 
 def install() -> bool:
     """Make Ray Train trainers created in this process use `NoRetryForOwnErrors`."""
-    try:
-        from ray.train.v2.api import data_parallel_trainer
-    except ImportError:
-        return False
-    if not hasattr(data_parallel_trainer, "create_failure_policy"):
-        return False
-    data_parallel_trainer.create_failure_policy = _create_failure_policy
-    return True
+    return compat.install_failure_policy(_create_failure_policy)

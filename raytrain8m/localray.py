@@ -154,22 +154,11 @@ def _drop_exit_tracebacks(lines: list[str]) -> list[str]:
 
 
 def _filter_error_channel() -> None:
-    """The raylet's messages to the driver (`listen_error_messages`) bypass the dispatcher: they
-    call `ray._private.worker.print_to_stdstream` by name. Drop the known chatter (the worker-pool
-    size warning), keep every other message: those report real failures."""
-    from ray._private import worker
+    """Drop the raylet's known chatter (the worker-pool size warning) from the messages it sends
+    the driver; keep every other message: those report real failures."""
+    from raytrain8m import compat
 
-    original = worker.print_to_stdstream
-    if getattr(original, "raytrain8m_filtered", False):
-        return
-
-    def filtered(data: dict, ignore_prefix: bool) -> None:
-        lines = [line for line in data.get("lines", []) if not NOISE.search(line)]
-        if lines:
-            original({**data, "lines": lines}, ignore_prefix=ignore_prefix)
-
-    filtered.raytrain8m_filtered = True
-    worker.print_to_stdstream = filtered
+    compat.filter_raylet_messages(lambda line: bool(NOISE.search(line)))
 
 
 def session_logs() -> Path | None:

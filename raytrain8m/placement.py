@@ -16,8 +16,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from raytrain8m.errors import ConfigError
 from raytrain8m.gpus import GPU_PROFILES, GPU_TYPE_LABEL, GpuProfile
-from raytrain8m.models import ModelConfig, flops_per_video, num_parameters, size_mib
-from raytrain8m.models import activation_floats as activation_floats_per_video
+from raytrain8m import models  # its sizing imports TensorFlow: used at call time, not at import
+from raytrain8m.models import ModelConfig
 
 log = logging.getLogger(__name__)
 
@@ -94,11 +94,11 @@ class MemoryEstimate:
 def activation_floats(config: ModelConfig, batch_size: int) -> int:
     """Floats of the forward tensors of one batch, from the model's family (NetVLAD's residuals,
     NeXtVLAD's expanded frames and group assignments dominate)."""
-    return batch_size * activation_floats_per_video(config)
+    return batch_size * models.activation_floats(config)
 
 
 def memory_estimate(config: ModelConfig, batch_size: int) -> MemoryEstimate:
-    weights = num_parameters(config) * FLOAT_BYTES / GIB
+    weights = models.num_parameters(config) * FLOAT_BYTES / GIB
     activations = ACTIVATION_FACTOR * activation_floats(config, batch_size) * FLOAT_BYTES / GIB
     return MemoryEstimate(weights=weights, optimizer=2 * weights, gradients=weights,
                           activations=activations, overhead=FRAMEWORK_OVERHEAD_GIB)
@@ -219,7 +219,7 @@ def plan(configs: Sequence[ModelConfig], inventory: Mapping[str, int], default_b
             if batch_size < good_enough:
                 continue
             # Seconds of one step on that type, shared by the trials it can run side by side.
-            seconds = 3 * flops_per_video(config) * batch_size / (profile(gpu, profiles).fp32_tflops * 1e12)
+            seconds = 3 * models.flops_per_video(config) * batch_size / (profile(gpu, profiles).fp32_tflops * 1e12)
             share = seconds / max(1, inventory[gpu] // max(1, workers_per_trial))
             options.append((busy_until[gpu] + share, -profile(gpu, profiles).fp32_tflops,
                             -profile(gpu, profiles).memory_gib, gpu, batch_size, share))
@@ -231,15 +231,15 @@ def plan(configs: Sequence[ModelConfig], inventory: Mapping[str, int], default_b
 
 def _largest_first(configs: Sequence[ModelConfig]) -> list[ModelConfig]:
     return sorted(configs, key=lambda config: (-memory_gib(config, max(BATCH_SIZES)),
-                                               -flops_per_video(config), config.name))
+                                               -models.flops_per_video(config), config.name))
 
 
 def _placement(config: ModelConfig, gpu_type: str, batch_size: int) -> Placement:
     return Placement(model=config.name, gpu_type=gpu_type, batch_size=batch_size,
                      memory_gib=round(memory_gib(config, batch_size), 2),
-                     fp32_mib=round(size_mib(config, fp16=False), 2),
-                     fp16_mib=round(size_mib(config, fp16=True), 2),
-                     gflops_per_video=round(flops_per_video(config) / 1e9, 2))
+                     fp32_mib=round(models.size_mib(config, fp16=False), 2),
+                     fp16_mib=round(models.size_mib(config, fp16=True), 2),
+                     gflops_per_video=round(models.flops_per_video(config) / 1e9, 2))
 
 
 def plan_table(placements: Sequence[Placement]) -> str:
@@ -263,29 +263,9 @@ def _node_labels() -> dict[str, dict[str, str]]:
     return {node["NodeID"]: node.get("Labels") or {} for node in ray.nodes()}
 
 
-def train_worker_nodes(run_name: str) -> list[str]:
-    """Node ids of the workers of the latest attempt of the Ray Train run `run_name`.
-
-    Read from Train V2's state actor (what the dashboard shows); [] when it is unavailable."""
-    import ray
-    try:
-        from ray.train.v2._internal.state.state_actor import get_state_actor
-        actor = get_state_actor()
-        if actor is None:
-            return []
-        runs = [run for run in ray.get(actor.get_train_runs.remote()).values() if run.name == run_name]
-        attempts = ray.get(actor.get_train_run_attempts.remote())
-    except (ImportError, AttributeError, ray.exceptions.RayError) as error:
-        log.warning("cannot read Ray Train's state to check placement (%s)", error)
-        return []
-    if not runs:
-        return []
-    run = max(runs, key=lambda run: run.start_time_ns)
-    latest = max(attempts.get(run.id, {}).values(), key=lambda attempt: attempt.start_time_ns, default=None)
-    return [worker.node_id for worker in latest.workers] if latest else []
-
-
 def worker_gpu_types(run_name: str) -> list[str]:
     """The `gpu-type` labels (or "cpu") of the nodes the latest workers of a Train run ran on."""
+    from raytrain8m import compat
+
     labels = _node_labels()
-    return sorted({labels.get(node, {}).get(GPU_TYPE_LABEL, CPU) for node in train_worker_nodes(run_name)})
+    return sorted({labels.get(node, {}).get(GPU_TYPE_LABEL, CPU) for node in compat.train_run_worker_nodes(run_name)})

@@ -15,26 +15,11 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from raytrain8m import localray, settings, tracking
+from raytrain8m.checkpoint import check_same_model, list_checkpoints, read_state
 from raytrain8m.errors import ConfigError, Raytrain8mError
 from raytrain8m.holdout import SPLIT_JSON, Split, make_split
 from raytrain8m.models import ModelConfig
 from raytrain8m.models.config import only_known_keys
-
-
-# checkpoint.py imports TensorFlow: imported on first use, so that `--help` stays quick.
-def list_checkpoints(*args, **kwargs):
-    from raytrain8m.checkpoint import list_checkpoints as call
-    return call(*args, **kwargs)
-
-
-def check_same_model(*args, **kwargs):
-    from raytrain8m.checkpoint import check_same_model as call
-    return call(*args, **kwargs)
-
-
-def read_state(*args, **kwargs):
-    from raytrain8m.checkpoint import read_state as call
-    return call(*args, **kwargs)
 
 log = logging.getLogger(__name__)
 
@@ -85,9 +70,6 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if isinstance(self.model, Mapping):
             object.__setattr__(self, "model", ModelConfig.from_dict(dict(self.model)))
-        from raytrain8m.models import family  # TensorFlow: on first use, not at import
-
-        family(self.model)  # an unknown family fails here
         for field in ("batch_size", "max_steps", "checkpoint_every", "decay_examples", "num_workers",
                       "max_frames", "log_every"):
             value = getattr(self, field)
@@ -312,19 +294,16 @@ def _check_cpus_left_for_data(config: TrainConfig, resources: Mapping[str, float
 
 def _trainer(config: TrainConfig, resources_per_worker: Mapping[str, float] | None,
              scaling_options: Mapping[str, Any] | None, skip_counter=None):
-    """Ray (local unless RAY_ADDRESS says otherwise), the train dataset and the TensorflowTrainer."""
+    """Ray (local unless RAY_ADDRESS says otherwise), the train dataset and Ray Train's data-parallel
+    trainer with TensorFlow's multi-worker set-up (`compat.TensorflowBackendConfig`)."""
     import ray
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
-    from ray.train.tensorflow import TensorflowTrainer
 
+    from raytrain8m import compat, failures
     from raytrain8m.data import read_dataset
-    from raytrain8m.trainloop import train_loop_per_worker
+    from raytrain8m.train_worker import train_loop_per_worker
 
-    try:
-        from raytrain8m import failures
-        failures.install()  # a DataError fails the run at once; faults are still retried
-    except ImportError:  # another Ray: the worker's error record still reaches the driver
-        pass
+    failures.install()  # a DataError fails the run at once; faults are still retried
     _init_ray(config)
     resources = dict(resources_per_worker) if resources_per_worker else None
     _check_cpus_left_for_data(config, resources, ray.cluster_resources().get("CPU", 0))
@@ -336,9 +315,10 @@ def _trainer(config: TrainConfig, resources_per_worker: Mapping[str, float] | No
     ingest.preserve_order = True  # blocks in file order, not in the order read tasks finish
     dataset.context.enable_progress_bars = False  # rank 0's progress line is the one to read
     dataset.context.print_on_execution_start = False  # else two lines at every epoch
-    return TensorflowTrainer(
+    return compat.DataParallelTrainer(
         train_loop_per_worker,
         train_loop_config=config.to_dict(),
+        backend_config=compat.TensorflowBackendConfig(),
         scaling_config=ScalingConfig(num_workers=config.num_workers, use_gpu=config.use_gpu,
                                      resources_per_worker=resources,
                                      **dict(scaling_options or {})),

@@ -23,12 +23,14 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from raytrain8m import compat
 from raytrain8m.checkpoint import (EMA_PREFIX, OPTIMIZER_PREFIX, check_same_model, is_checkpoint,
                                    list_checkpoints, load_checkpoint, read_state, save_checkpoint)
 from raytrain8m.data import DataError, dequantize
 from raytrain8m.data.batches import to_step_inputs
 from raytrain8m.data.schema import _QUANT_BIAS, _QUANT_SCALE
 from raytrain8m.errors import Raytrain8mError
+from raytrain8m.failures import own_error
 from raytrain8m.gpus import visible_gpus
 from raytrain8m.models import MODELS, cross_entropy
 from raytrain8m.train import TrainConfig, write_error_record
@@ -58,16 +60,10 @@ class StaircaseDecay(keras.optimizers.schedules.LearningRateSchedule):
                     global_batch=self.global_batch)
 
 
-class PreReducedAdam(keras.optimizers.Adam):
-    """Adam fed gradients that the step has already all-reduced (mean) and clipped.
-
-    Keras 3 always sums gradients across replicas before applying them and clips before
-    that sum, per replica; the paper's code clips the combined gradient. Skipping Keras's
-    sum keeps one all-reduce a step and the clip on the global gradient.
-    """
-
-    def _all_reduce_sum_gradients(self, grads_and_vars):  # Keras 3 TF backend hook
-        return list(grads_and_vars)
+# Adam fed gradients that the step has already all-reduced (mean) and clipped: Keras 3 sums
+# gradients across replicas before applying them and clips before that sum, per replica; the
+# paper's code clips the combined gradient. Skipping Keras's sum keeps one all-reduce a step.
+PreReducedAdam = compat.without_gradient_sum(keras.optimizers.Adam)
 
 
 def make_optimizer(config: TrainConfig) -> keras.optimizers.Optimizer:
@@ -310,23 +306,13 @@ def _show_progress_lines() -> None:
     log.propagate = False
 
 
-def _quiet_ray_train_reports() -> None:
-    """Ray Train V2 logs every report at INFO from each worker, under a logger named by its
-    file path that LoggingConfig does not reach; rank 0's progress line says the same."""
-    try:
-        from ray.train.v2._internal.execution import context
-    except ImportError:  # another Ray version: its lines stay
-        return
-    logging.getLogger(context.__file__).setLevel(logging.WARNING)
-
-
 def _wait_until_registered(config: TrainConfig, step: int, timeout_s: float = 120) -> None:
     """Testing: Ray Train V2 drops a checkpoint the controller has not polled yet when a worker
     dies; a real crash comes long after the last checkpoint, so wait until it is registered."""
     latest = step // config.checkpoint_every * config.checkpoint_every
     if not latest:
         return
-    snapshot_file = Path(config.out) / config.run_name / "checkpoint_manager_snapshot.json"
+    snapshot_file = Path(config.out) / config.run_name / compat.CHECKPOINT_SNAPSHOT
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if snapshot_file.is_file() and f"checkpoint_{latest:08d}" in snapshot_file.read_text():
@@ -396,11 +382,7 @@ def train_loop_per_worker(config: dict) -> None:
     try:
         _train(config)
     except Exception as error:
-        try:
-            from raytrain8m.failures import own_error
-            own = own_error(error)
-        except ImportError:  # another Ray
-            own = error if isinstance(error, Raytrain8mError) else None
+        own = own_error(error)
         if own is not None:
             import ray.train
             write_error_record(Path(config.out) / config.run_name, own, ray.train.get_context().get_world_rank())
@@ -415,7 +397,7 @@ def _train(config: TrainConfig) -> None:
     context = ray.train.get_context()
     rank = context.get_world_rank()
     tf.get_logger().setLevel(logging.ERROR)  # else "Collective all_reduce tensors: …" at every new shape
-    _quiet_ray_train_reports()
+    compat.quiet_ray_train_reports()
     if rank == 0:
         _show_progress_lines()
     devices = visible_gpus(f"{config.run_name} worker {rank}") if config.use_gpu \

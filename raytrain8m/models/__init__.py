@@ -1,8 +1,8 @@
 """Model families (Gated NetVLAD, NeXtVLAD, the baseline): config, variables, forward pass and
 size accounting, all through `registry` (no Ray here).
 
-The config is imported at once; the rest (TensorFlow) on first use, so that commands'
-`--help` and flag parsing never import TensorFlow."""
+The config is imported at once and the rest on first use; TensorFlow (through `raytrain8m.lazy`)
+only when a model is built, so that `--help`, flag parsing and size accounting never import it."""
 import importlib
 
 from raytrain8m.models.config import BIG_TENSORS, MODEL_JSON, NAME_FIELDS, ModelConfig

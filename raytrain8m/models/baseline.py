@@ -9,8 +9,7 @@ from __future__ import annotations
 import math
 from typing import Mapping
 
-import tensorflow as tf
-
+from raytrain8m.lazy import tensorflow as tf
 from raytrain8m.models.config import ModelConfig
 from raytrain8m.models.layers import VariableSpec
 

@@ -16,6 +16,9 @@ MODEL_JSON = "model.json"
 _NAME = re.compile(r"^K(\d+)-H(\d+)$")
 _NX_NAME = re.compile(r"^NX-K(\d+)-H(\d+)(?:-G(\d+))?(?:-E(\d+))?(?:-R(\d+))?(-MoE)?$")
 NEXTVLAD = "nextvlad"
+# The registered families (models/registry.py's FAMILIES, which checks it holds these): named here
+# so that a config is validated without importing TensorFlow.
+FAMILY_NAMES = ("gated_netvlad", NEXTVLAD, "baseline")
 CLASSIFIERS = ("logistic", "moe")
 # The fields a model name sets; everything else (classes, frames, fp16) comes from elsewhere.
 NAME_FIELDS = ("family", "cluster_size", "hidden_size", "groups", "expansion", "gating_reduction",
@@ -69,6 +72,8 @@ class ModelConfig:
             value = getattr(self, field)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ConfigError(f"{field} must be a positive integer, got {value!r}")
+        if self.family not in FAMILY_NAMES:
+            raise ConfigError(f"unknown model family {self.family!r}; known: {', '.join(FAMILY_NAMES)}")
         if self.int8 and self.int8 not in INT8_SCHEMES:
             raise ConfigError(f"int8 must be one of {', '.join(INT8_SCHEMES)} (or empty), got {self.int8!r}")
         if self.cluster_size < 2:

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import math
 
-import tensorflow as tf
-
+from raytrain8m.lazy import tensorflow as tf
 from raytrain8m.models.config import ModelConfig
 from raytrain8m.models.layers import Forward, VariableSpec, batch_norm_specs, sample_frame_indices
 

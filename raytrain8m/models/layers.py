@@ -12,8 +12,8 @@ import math
 from typing import Iterable, Mapping, Sequence
 
 import numpy as np
-import tensorflow as tf
 
+from raytrain8m.lazy import tensorflow as tf
 from raytrain8m.models import storage
 
 BN_DECAY = 0.999  # slim.batch_norm defaults, as in the WILLOW and NeXtVLAD code

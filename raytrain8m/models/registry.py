@@ -9,11 +9,12 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable, Mapping
 
-import tensorflow as tf
+import numpy as np
 
 from raytrain8m.errors import ConfigError
+from raytrain8m.lazy import tensorflow as tf
 from raytrain8m.models import baseline, gated_netvlad, nextvlad, storage
-from raytrain8m.models.config import BIG_TENSORS, ModelConfig
+from raytrain8m.models.config import BIG_TENSORS, FAMILY_NAMES, ModelConfig
 from raytrain8m.models.layers import VariableSpec, make_variables
 
 
@@ -42,6 +43,8 @@ FAMILIES: dict[str, Family] = {
                        _baseline_flops, lambda config: config.iterations * config.feature_size),
 }
 
+assert tuple(FAMILIES) == FAMILY_NAMES, "models.config.FAMILY_NAMES must list the registry's families"
+
 
 def family(config: ModelConfig) -> Family:
     if config.family not in FAMILIES:
@@ -59,9 +62,9 @@ def half_tensors(config: ModelConfig) -> tuple[str, ...]:
     return family(config).big_tensors(config)
 
 
-def storage_dtype(config: ModelConfig, name: str) -> tf.DType:
+def storage_dtype(config: ModelConfig, name: str) -> np.dtype:
     """float16 for the big tensors of an fp16 model, float32 for everything else."""
-    return tf.float16 if config.fp16 and name in half_tensors(config) else tf.float32
+    return np.dtype(np.float16 if config.fp16 and name in half_tensors(config) else np.float32)
 
 
 def num_parameters(config: ModelConfig) -> int:
@@ -74,7 +77,7 @@ def size_mib(config: ModelConfig, fp16: bool | None = None) -> float:
     sized = config if fp16 is None else config.replace(fp16=fp16)
     return sum(storage.quantized_bytes(sized.int8, spec.name, spec.shape)
                if storage.is_quantized(sized, spec.name, spec.shape)
-               else spec.size * storage_dtype(sized, spec.name).size
+               else spec.size * storage_dtype(sized, spec.name).itemsize
                for spec in variable_specs(sized)) / 2**20
 
 

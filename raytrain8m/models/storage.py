@@ -18,9 +18,9 @@ import math
 from typing import Iterable, Mapping
 
 import numpy as np
-import tensorflow as tf
 
 from raytrain8m.errors import ConfigError
+from raytrain8m.lazy import tensorflow as tf
 from raytrain8m.models.config import INT8_SCHEMES, ModelConfig
 
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -51,19 +51,19 @@ def quantizes(scheme: str, shape: Iterable[int]) -> bool:
     return bool(scheme) and len(shape) >= 2 and math.prod(shape) >= INT8_MIN_ELEMENTS
 
 
-def quantized_shapes(scheme: str, name: str, shape: tuple[int, ...]) -> dict[str, tuple[tuple[int, ...], tf.DType]]:
+def quantized_shapes(scheme: str, name: str, shape: tuple[int, ...]) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
     """The stored tensors (name → shape, dtype) that replace weight `name`."""
-    stored = {name + QUANTIZED: (tuple(shape), tf.uint8)}
+    stored = {name + QUANTIZED: (tuple(shape), np.dtype(np.uint8))}
     if scheme == "codebook":
-        stored[f"{name}/codebook"] = ((256,), tf.float32)
+        stored[f"{name}/codebook"] = ((256,), np.dtype(np.float32))
     else:
-        stored[f"{name}/scale"] = ((shape[-1],), tf.float32)
-        stored[f"{name}/offset"] = ((shape[-1],), tf.float32)
+        stored[f"{name}/scale"] = ((shape[-1],), np.dtype(np.float32))
+        stored[f"{name}/offset"] = ((shape[-1],), np.dtype(np.float32))
     return stored
 
 
 def quantized_bytes(scheme: str, name: str, shape: tuple[int, ...]) -> int:
-    return sum(math.prod(s) * dtype.size for s, dtype in quantized_shapes(scheme, name, shape).values())
+    return sum(math.prod(s) * dtype.itemsize for s, dtype in quantized_shapes(scheme, name, shape).values())
 
 
 def quantized_variables(scheme: str, name: str, shape: tuple[int, ...],
@@ -144,7 +144,7 @@ def to_precision(config: ModelConfig, tensors: Mapping[str, np.ndarray], precisi
         if is_quantized(stored_config, name, value.shape):
             stored.update(quantize(scheme, name, value))
         elif precision == "fp16" and storage_dtype is not None:
-            stored[name] = value.astype(storage_dtype(stored_config, name).as_numpy_dtype)
+            stored[name] = value.astype(storage_dtype(stored_config, name))
         else:
             stored[name] = value.astype(np.float32) if value.dtype == np.float16 else value
     return stored_config, stored
