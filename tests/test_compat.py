@@ -1,0 +1,70 @@
+"""Each version-sensitive hook in raytrain8m/compat.py against the installed Ray and Keras: an
+upgrade that moves or drops one fails here, by name. Fast: no Ray instance is started."""
+from __future__ import annotations
+
+import pytest
+
+from raytrain8m import compat
+
+
+def test_the_tensorflow_backend_gives_each_worker_a_tf_config_tensorflow_reads(monkeypatch):
+    import tensorflow as tf
+
+    assert issubclass(compat._TensorflowBackend, compat.Backend)
+    assert compat.TensorflowBackendConfig().backend_cls is compat._TensorflowBackend
+    workers = [compat._worker_address(), compat._worker_address()]
+    assert all(address.rsplit(":", 1)[1].isdigit() for address in workers)
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    compat._set_tf_config(workers, 1)
+    resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
+    assert resolver.cluster_spec().as_dict() == {"worker": workers}
+    assert (resolver.task_type, resolver.task_id) == ("worker", 1)
+
+
+def test_train_v2_trainer_takes_our_backend_and_a_failure_policy_factory(monkeypatch):
+    import inspect
+
+    from ray.train.v2.api import data_parallel_trainer
+
+    assert "backend_config" in inspect.signature(compat.DataParallelTrainer).parameters
+    monkeypatch.setattr(data_parallel_trainer, "create_failure_policy", data_parallel_trainer.create_failure_policy)
+    marker = object()
+    assert compat.install_failure_policy(lambda config: marker)
+    assert data_parallel_trainer.create_failure_policy(None) is marker
+    policy, decision = compat.default_failure_policy()
+    assert callable(getattr(policy, "make_decision")) and hasattr(decision, "RAISE")
+
+
+def test_train_v2_internals_we_read_are_where_we_read_them():
+    from ray.train.v2._internal import constants
+    from ray.train.v2._internal.execution import context
+    from ray.train.v2._internal.state import state_actor
+
+    assert context.__file__.endswith(".py")  # the logger quiet_ray_train_reports names
+    assert constants.CHECKPOINT_MANAGER_SNAPSHOT_FILENAME == compat.CHECKPOINT_SNAPSHOT
+    assert callable(state_actor.get_state_actor)
+    for method in ("get_train_runs", "get_train_run_attempts"):
+        assert hasattr(state_actor.TrainStateActor, method), method
+
+
+def test_the_raylet_message_filter_drops_only_what_it_is_told(monkeypatch, capsys):
+    from ray._private import worker
+
+    monkeypatch.setattr(worker, "print_to_stdstream", worker.print_to_stdstream)
+    assert compat.filter_raylet_messages(lambda line: "chatter" in line)
+    assert compat.filter_raylet_messages(lambda line: False)  # a second install keeps the first
+    message = {"lines": ["some chatter", "a real failure"], "pid": "raylet", "ip": "127.0.0.1",
+               "is_err": False, "job": "", "actor_name": "", "task_name": ""}
+    worker.print_to_stdstream(message, ignore_prefix=True)
+    out = capsys.readouterr().out
+    assert "a real failure" in out and "chatter" not in out
+
+
+def test_keras_still_sums_gradients_in_the_hook_we_skip():
+    import keras
+
+    assert hasattr(keras.optimizers.Adam, compat.KERAS_GRADIENT_SUM)
+    adam = compat.without_gradient_sum(keras.optimizers.Adam)
+    assert issubclass(adam, keras.optimizers.Adam)
+    with pytest.raises(RuntimeError, match=compat.KERAS_GRADIENT_SUM):
+        compat.without_gradient_sum(object)
