@@ -222,13 +222,14 @@ def _files(root: Path) -> dict[str, tuple[int, int]]:
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="finds Ray's processes in /proc")
 def test_sweep_driver_killed_then_resumed_finishes_only_the_unfinished_trials(synthetic_dir, tmp_path):
-    """`jobs/sweep.py` SIGKILLed (its whole process group) after one of two trials finished;
-    `--resume` runs only the other, and the MLflow parent keeps one child run per model."""
+    """`jobs/sweep.py` SIGKILLed (its whole process group) after one of two trials finished:
+    `--status` shows one done; `--resume` runs only the other, and the MLflow parent keeps one
+    child run per model; resuming the finished sweep starts nothing."""
     import mlflow
 
     from raytrain8m.checkpoint import list_checkpoints, read_state
-    from raytrain8m.sweep import TUNE_DIR
-    from raytrain8m.sweep_records import SWEEP_JSON, TRAIN_DIR, TRIAL_JSON
+    from raytrain8m.sweep import TUNE_DIR, resume_sweep
+    from raytrain8m.sweep_records import SWEEP_JSON, TRAIN_DIR, TRIAL_JSON, sweep_status
     from raytrain8m.zoo import load_zoo
 
     models = ["K4-H16", "K4-H24"]
@@ -278,6 +279,8 @@ def test_sweep_driver_killed_then_resumed_finishes_only_the_unfinished_trials(sy
         assert not left, f"Ray processes outlived their killed driver by 60 s: {left}"
         print(f"killed at {killed_at:.0f} s with Tune's saved state {statuses}; {unfinished}'s run dir then: "
               f"{progress}; its Ray processes gone {gone_after:.1f} s after the kill")
+    status = {s.model: (s.done, s.max_steps) for s in sweep_status(out)}
+    assert status == {finished: (True, 8), unfinished: (False, 8)}
     finally:
         if driver.poll() is None:
             os.killpg(driver.pid, signal.SIGKILL)
@@ -310,6 +313,17 @@ def test_sweep_driver_killed_then_resumed_finishes_only_the_unfinished_trials(sy
     assert steps == {finished: [4, 8], unfinished: [4, 8]}
     assert read_state(list_checkpoints(out / TRAIN_DIR / finished)[-1])["resumed_from"] == 0
     assert _tune_statuses(out / f"{TUNE_DIR}-resume-1") == {unfinished: "TERMINATED"}  # only it ran
+    # a finished sweep resumes to the same result without starting Ray or any trial
+    again = resume_sweep(out)
+    assert {t.model: (t.error, t.metrics["step"]) for t in again.trials} == {model: (None, 8) for model in models}
+    assert sorted(path.name for path in out.glob("tune*")) == [TUNE_DIR, f"{TUNE_DIR}-resume-1"]
+    with pytest.raises(ConfigError, match="no sweep to resume"):
+        resume_sweep(tmp_path / "elsewhere")
+    shown = subprocess.run([sys.executable, "jobs/sweep.py", "--out", str(out), "--status"], cwd=REPO,
+                           env=env, capture_output=True, text=True, timeout=120)
+    assert shown.returncode == 0, shown.stderr
+    assert "2/2 trials done; 16/16 checkpointed steps (100%)" in shown.stdout
+    assert all(re.search(rf"{model} .* 8/8 +done +0\.\d{{4}}", shown.stdout) for model in models)
     assert all((out / TRAIN_DIR / model / TRIAL_JSON).is_file() for model in models)
     zoo = load_zoo(out / "zoo.json")
     assert sorted(model.name for model in [*zoo.models, *zoo.eliminated]) == models
@@ -473,46 +487,3 @@ def _video_ids(paths) -> set[str]:
     from raytrain8m.data.batches import iter_batches
 
     return {str(i) for batch in iter_batches(list(paths), 64, num_classes=20) for i in batch["id"]}
-
-
-@pytest.mark.slow
-def test_resume_finishes_only_the_missing_trials(gpu_cluster, synthetic_dir, mlflow_store, tmp_path):
-    from raytrain8m import tracking
-    from raytrain8m.checkpoint import list_checkpoints
-    from raytrain8m.sweep import resume_sweep, run_sweep
-    from raytrain8m.sweep_records import SWEEP_JSON, TRAIN_DIR, sweep_status
-    from raytrain8m.trainloop import CRASH_MARKER
-
-    out = tmp_path / "sweep"
-    # Every worker SIGKILLs itself at step 3, once per run directory; K4-H16's marker is already
-    # there, so K4-H16 finishes and K8-H16 dies with no retries left: the sweep stops unfinished.
-    spec = _spec(synthetic_dir, "K4-H16,K8-H16", crash_at_step=3)
-    marker = out / TRAIN_DIR / "K4-H16" / CRASH_MARKER.format(step=3)
-    marker.parent.mkdir(parents=True)
-    marker.touch()
-    first = run_sweep(spec, out, max_failures=0, profiles=TEST_PROFILES)
-    assert {t.model: bool(t.error) for t in first.trials} == {"K4-H16": False, "K8-H16": True}
-    finished = {path: path.stat().st_mtime_ns for path in list_checkpoints(out / TRAIN_DIR / "K4-H16")}
-    status = {s.model: (s.done, s.step, s.max_steps) for s in sweep_status(out)}
-    assert status == {"K4-H16": (True, 4, 4), "K8-H16": (False, 2, 4)}  # K8-H16 died after step 2's checkpoint
-
-    second = resume_sweep(out)
-    assert {t.model: t.error for t in second.trials} == {"K4-H16": None, "K8-H16": None}
-    assert {t.model: t.metrics["step"] for t in second.trials} == {"K4-H16": 4, "K8-H16": 4}
-    # K4-H16 was not trained again; K8-H16 went on from its step-2 checkpoint
-    assert {path: path.stat().st_mtime_ns for path in list_checkpoints(out / TRAIN_DIR / "K4-H16")} == finished
-    assert json.loads((out / SWEEP_JSON).read_text())["sweep"]["parent_run_id"] == second.parent_run_id
-    children = tracking.child_runs(second.parent_run_id, uri=mlflow_store)
-    assert sorted(run.info.run_name for run in children) == ["K4-H16", "K8-H16"]  # one run each
-
-    # a finished sweep resumes to the same result without starting any trial
-    third = resume_sweep(out)
-    assert {t.model: (t.error, t.metrics["step"]) for t in third.trials} == {"K4-H16": (None, 4), "K8-H16": (None, 4)}
-    assert sorted(path.name for path in out.glob("tune*")) == ["tune", "tune-resume-1"]
-    with pytest.raises(ConfigError, match="no sweep to resume"):
-        resume_sweep(tmp_path / "elsewhere")
-    shown = subprocess.run([sys.executable, "jobs/sweep.py", "--out", str(out), "--status"], cwd=REPO,
-                           capture_output=True, text=True, timeout=120)
-    assert shown.returncode == 0, shown.stderr
-    assert "2/2 trials done; 8/8 checkpointed steps (100%)" in shown.stdout
-    assert all(re.search(rf"{model} .* 4/4 +done +0\.\d{{4}}", shown.stdout) for model in ("K4-H16", "K8-H16"))
