@@ -1,4 +1,4 @@
-"""Flags that several commands in jobs/ share (kept free of TensorFlow so `--help` is quick)."""
+"""Flags that several commands (raytrain8m/commands/) share (kept free of TensorFlow so `--help` is quick)."""
 from __future__ import annotations
 
 import argparse

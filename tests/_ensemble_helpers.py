@@ -124,13 +124,3 @@ def write_zoo(path: Path, checkpoints: list[Path], letters: str, gaps: list[floa
     path.write_text(json.dumps({"models": models, "eliminated": []}, indent=2))
     return path
 
-
-def load_job(name: str):
-    """A `jobs/<name>.py` module, to call its `main(argv)` in-process."""
-    import importlib.util
-
-    path = Path(__file__).resolve().parents[1] / "jobs" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"jobs_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module

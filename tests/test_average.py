@@ -4,7 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from _ensemble_helpers import load_job, random_checkpoint, tiny_config
+from _ensemble_helpers import random_checkpoint, tiny_config
+from raytrain8m.commands import average as average_command
 from raytrain8m.average import auto_average, average, candidate_ranges, resolve_checkpoints, select
 from raytrain8m.checkpoint import load_checkpoint, save_checkpoint
 from raytrain8m.errors import CheckpointError
@@ -114,7 +115,7 @@ def test_auto_average_keeps_the_best_range_and_logs_to_mlflow(tmp_path, syntheti
 def test_average_job_prints_one_error_line_and_exits_2(tmp_path, capsys):
     small = random_checkpoint(tmp_path / "small", tiny_config(4, 16), seed=0, step=1)
     large = random_checkpoint(tmp_path / "large", tiny_config(8, 24), seed=0, step=2)
-    code = load_job("average").main([str(small), str(large), "--out", str(tmp_path / "avg")])
+    code = average_command.main([str(small), str(large), "--out", str(tmp_path / "avg")])
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("error: ") and "Traceback" not in err
     assert not (tmp_path / "avg").exists()

@@ -7,8 +7,8 @@ import logging
 import numpy as np
 import pytest
 
-from _ensemble_helpers import (constant_checkpoint, load_job, tiny_config, trained_members,
-                               write_zoo)
+from _ensemble_helpers import constant_checkpoint, tiny_config, trained_members, write_zoo
+from raytrain8m.commands import ensemble as ensemble_command
 from raytrain8m.ensemble import (
     format_table, make_ensemble, normalise_weights, resolve_members, search, tune_weights,
 )
@@ -111,7 +111,7 @@ def test_search_ranks_the_zoo_combinations_that_fit_the_budget(members, validate
 
 
 def test_ensemble_job_reports_errors_once_with_exit_code_2(members, tmp_path, capsys):
-    job = load_job("ensemble")
+    job = ensemble_command
     code = job.main(["--members", _spec(members), "--out", str(tmp_path / "out"), "--weights", "0.5,0.3,0.2",
                      "--no-track"])
     err = capsys.readouterr().err
@@ -122,7 +122,7 @@ def test_ensemble_job_reports_errors_once_with_exit_code_2(members, tmp_path, ca
 
 
 def test_negative_weights_are_taken_as_a_value_and_refused(tmp_path, capsys):
-    job = load_job("ensemble")
+    job = ensemble_command
     assert job.parse_args(["--members", "AB", "--weights", "-1,2"]).weights == "-1,2"  # not a flag
     code = job.main(["--members", "AB", "--weights", "-1,2", "--out", str(tmp_path / "out"), "--no-track"])
     err = capsys.readouterr().err

@@ -6,8 +6,9 @@ import json
 import numpy as np
 import pytest
 
-from _ensemble_helpers import load_job, load_split, random_checkpoint, tiny_config
+from _ensemble_helpers import load_split, random_checkpoint, tiny_config
 from raytrain8m import tracking
+from raytrain8m.commands import evaluate as evaluate_command
 from raytrain8m.evaluate import load_predictor
 from raytrain8m.metrics import gap
 
@@ -17,7 +18,7 @@ def test_evaluate_job_prints_the_metrics_and_logs_them_to_mlflow(synthetic_dir, 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     data = str(synthetic_dir / "validate*.tfrecord")
-    code = load_job("evaluate").main(["--checkpoint", str(checkpoint), "--data", data, "--no-progress"])
+    code = evaluate_command.main(["--checkpoint", str(checkpoint), "--data", data, "--no-progress"])
     assert code == 0
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     # the job's GAP is the official definition over the whole split, predicted here independently
@@ -32,10 +33,10 @@ def test_evaluate_job_prints_the_metrics_and_logs_them_to_mlflow(synthetic_dir, 
     assert run.data.metrics["gap"] == pytest.approx(printed["gap"])
     assert np.isfinite(run.data.metrics["hit_at_one"])
 
-    assert load_job("evaluate").main(["--checkpoint", str(checkpoint), "--data", data, "--no-progress",
+    assert evaluate_command.main(["--checkpoint", str(checkpoint), "--data", data, "--no-progress",
                                       "--no-track"]) == 0
     assert len(tracking.find_runs(filter_string="tags.stage = 'evaluate'", uri=uri)) == 1
-    assert load_job("evaluate").main(["--checkpoint", str(checkpoint), "--data", data, "--no-progress",
+    assert evaluate_command.main(["--checkpoint", str(checkpoint), "--data", data, "--no-progress",
                                       "--no-track", "--map"]) == 0
     with_map = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert 0 < with_map["map"] <= 1 and with_map["gap"] == printed["gap"]
@@ -58,7 +59,7 @@ def test_evaluate_on_an_unlabelled_split_or_an_empty_file_is_one_error_line_and_
     for path in synthetic_dir.glob("test*.tfrecord"):
         shutil.copy(path, data / path.name)
     (data / "empty0000.tfrecord").write_bytes(b"")
-    code = load_job("evaluate").main(["--checkpoint", str(checkpoint), "--data", str(data / split),
+    code = evaluate_command.main(["--checkpoint", str(checkpoint), "--data", str(data / split),
                                       "--no-progress"])
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("error: ") and len(err.strip().splitlines()) == 1, err
@@ -88,7 +89,7 @@ def test_skip_corrupt_leaves_out_a_corrupt_record_and_counts_it(synthetic_dir, t
     raw = bytearray((data / "validate0000.tfrecord").read_bytes())
     raw[40] ^= 0xFF  # inside the first record's data: its data CRC no longer matches
     (data / "validate0000.tfrecord").write_bytes(bytes(raw))
-    job = load_job("evaluate")
+    job = evaluate_command
     flags = ["--checkpoint", str(checkpoint), "--data", str(data / "validate*.tfrecord"), "--no-progress",
              "--no-track"]
     assert job.main(flags) == 2

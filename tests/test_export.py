@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from _ensemble_helpers import load_job, random_checkpoint, tiny_config
+from _ensemble_helpers import random_checkpoint, tiny_config
+from raytrain8m.commands import infer as infer_command
 from raytrain8m.checkpoint import load_checkpoint
 from raytrain8m.compress import built_size_mib, compress_checkpoint
 from raytrain8m.ensemble import member_from_checkpoint
@@ -84,7 +85,7 @@ def test_the_metagraph_loaded_the_tf1_way_in_a_fresh_process_matches_the_infer_c
     out = export_ensemble(two_members, [0.6, 0.4], tmp_path / "export")
     test_glob = str(synthetic_dir / "test*.tfrecord")
     csv = tmp_path / "submission.csv"
-    assert load_job("infer").main(["--model", str(out), "--data", test_glob, "--out", str(csv)]) == 0
+    assert infer_command.main(["--model", str(out), "--data", test_glob, "--out", str(csv)]) == 0
 
     ids, frames, num_frames = [], [], []
     for batch in iter_batches(test_glob, 1000):

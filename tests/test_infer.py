@@ -4,7 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from _ensemble_helpers import load_job, random_checkpoint, tiny_config
+from _ensemble_helpers import random_checkpoint, tiny_config
+from raytrain8m.commands import infer as infer_command
 from raytrain8m import tracking
 from raytrain8m.data.schema import DataError
 from raytrain8m.ensemble import member_from_checkpoint
@@ -114,7 +115,7 @@ def test_a_test_file_without_ids_is_a_data_error_naming_the_file_and_no_csv(
 
 
 def test_infer_job_reports_a_missing_model_once_with_exit_code_2(tmp_path, synthetic_dir, capsys):
-    code = load_job("infer").main(["--model", str(tmp_path / "none"), "--data",
+    code = infer_command.main(["--model", str(tmp_path / "none"), "--data",
                                    str(synthetic_dir / "test*.tfrecord"), "--out", str(tmp_path / "x.csv")])
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("error: ") and "Traceback" not in err
@@ -142,7 +143,7 @@ def test_bad_infer_flags_and_inputs_are_one_error_line_and_exit_2(
     given = {"--model": str(exported), "--data": str(synthetic_dir / "test*.tfrecord"),
              "--out": str(tmp_path / "x.csv")}
     given.update({flag: value.format(tmp=tmp_path) for flag, value in zip(flags[::2], flags[1::2])})
-    code = _exit_code(load_job("infer").main, [item for pair in given.items() for item in pair] + ["--no-track"])
+    code = _exit_code(infer_command.main, [item for pair in given.items() for item in pair] + ["--no-track"])
     err = capsys.readouterr().err
     assert code == 2 and err.startswith(message.format(tmp=tmp_path)) and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "x.csv").exists()

@@ -2,21 +2,19 @@
 formula), names, forward-pass contracts."""
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
+from raytrain8m.commands import sizes as sizes_command
 from raytrain8m.errors import ConfigError
 from raytrain8m.models import (BIG_TENSORS, MODELS, GatedNetVLAD, ModelConfig, NeXtVLAD, build, create_variables,
                                from_variables, half_tensors, num_parameters, size_mib, variable_specs)
 from raytrain8m.models.nextvlad import formula_parameters
 from raytrain8m.models.baseline import MeanPoolLogistic, mean_of_first_frames
 
-ROOT = Path(__file__).resolve().parents[1]
 
 # The paper's Table 1: model, fp32 MiB, fp16 MiB (3862 classes).
 TABLE1 = {
@@ -29,13 +27,6 @@ TABLE1 = {
 }
 
 TINY = ModelConfig(cluster_size=4, hidden_size=16, num_classes=20, iterations=10)
-
-
-def _load_job(name: str):
-    spec = importlib.util.spec_from_file_location(f"jobs_{name}", ROOT / "jobs" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _inputs(batch: int = 3, frames: int = 12, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -64,8 +55,7 @@ def test_variable_names_and_shapes_follow_the_paper():
 
 
 def test_sizes_job_json_equals_the_papers_table1(capsys):
-    sizes = _load_job("sizes")
-    assert sizes.main(["--json"]) == 0
+    assert sizes_command.main(["--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert [row["name"] for row in rows] == [*TABLE1, "NX-K128-H2048", "NX-K112-H2048-R16"]
     assert {row["family"] for row in rows[:len(TABLE1)]} == {"gated_netvlad"}
@@ -78,7 +68,7 @@ def test_sizes_job_json_equals_the_papers_table1(capsys):
 
 
 def test_sizes_job_reports_a_bad_name_plainly(capsys):
-    assert _load_job("sizes").main(["K0-H256"]) == 2
+    assert sizes_command.main(["K0-H256"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "cluster_size" in err and "Traceback" not in err
 

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from _ensemble_helpers import NUM_CLASSES, load_job, tiny_config, trained_members
+from _ensemble_helpers import NUM_CLASSES, tiny_config, trained_members
 from raytrain8m.checkpoint import load_checkpoint
+from raytrain8m.commands import ensemble as ensemble_command, infer as infer_command, sizes as sizes_command
 from raytrain8m.compress import built_size_mib, compress_checkpoint
 from raytrain8m.ensemble import member_from_checkpoint
 from raytrain8m.errors import ConfigError
@@ -84,7 +85,7 @@ def test_sizes_job_has_an_int8_column():
 
     output = io.StringIO()
     with contextlib.redirect_stdout(output):
-        assert load_job("sizes").main(["K16-H256", "--json"]) == 0
+        assert sizes_command.main(["K16-H256", "--json"]) == 0
     row = json.loads(output.getvalue())[0]
     assert row["fp32_mib"] == 158.65 and row["fp16_mib"] == 80.21 and row["int8_mib"] == 40.14
 
@@ -133,7 +134,7 @@ def test_the_starters_inference_path_runs_an_int8_export_and_matches_the_infer_c
                           tmp_path / "export")
     test_glob = str(synthetic_dir / "test*.tfrecord")
     csv = tmp_path / "submission.csv"
-    assert load_job("infer").main(["--model", str(out), "--data", test_glob, "--out", str(csv)]) == 0
+    assert infer_command.main(["--model", str(out), "--data", test_glob, "--out", str(csv)]) == 0
     ids, frames, num_frames = [], [], []
     for batch in iter_batches(test_glob, 1000):
         f, n, _ = to_model_inputs(batch, NUM_CLASSES)
@@ -165,7 +166,7 @@ def test_a_budget_too_small_for_fp16_members_holds_them_at_int8(members, tmp_pat
     budget = (int8_mib + fp16_mib) / 2
     with pytest.raises(BudgetError, match="over the budget"):
         make_ensemble(spec, None, budget_mib=budget, track=False)
-    assert load_job("ensemble").main(["--members", spec, "--budget", str(budget), "--precision", "int8",
+    assert ensemble_command.main(["--members", spec, "--budget", str(budget), "--precision", "int8",
                                       "--out", str(tmp_path / "export"), "--no-track"]) == 0
     summary = json.loads((tmp_path / "export" / "ensemble.json").read_text())
     assert summary["size_mib"] == pytest.approx(int8_mib, abs=1e-3) and summary["size_mib"] <= budget

@@ -2,7 +2,6 @@
 driver, logs to MLflow; the command's flags fail plainly. One shared 2-worker run (slow)."""
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
 import subprocess
@@ -13,6 +12,7 @@ import pytest
 
 from raytrain8m import tracking
 from raytrain8m.checkpoint import list_checkpoints, load_checkpoint, read_state
+from raytrain8m.commands import distill as distill_command, train as train_command
 from raytrain8m.errors import CheckpointError, ConfigError
 from raytrain8m.models import ModelConfig
 from raytrain8m.train import TrainConfig
@@ -21,13 +21,6 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = ModelConfig(cluster_size=4, hidden_size=16, num_classes=20, iterations=10)
 STEPS, EVERY, CRASH_AT = 20, 5, 7
 CPU_HALF = {"CPU": 0.5}  # ray_session has 2 CPUs: leave room for Ray Data's read tasks
-
-
-def _load_job(name: str):
-    spec = importlib.util.spec_from_file_location(f"jobs_{name}", ROOT / "jobs" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 # --- fast: the config and the command's parsing ---------------------------------------------
@@ -59,7 +52,7 @@ def test_learning_rate_decays_by_examples_in_stairs():
 
 
 def test_train_flags_take_a_nextvlad_name():
-    job = _load_job("train")
+    job = train_command
     config = job.config_from_args(job.parse_args(["--model", "NX-K112-H2048-R16", "--classes", "20",
                                                   "--dropout", "0.25"]))
     assert config.model == ModelConfig.from_name("NX-K112-H2048-R16", num_classes=20, dropout=0.25)
@@ -67,7 +60,7 @@ def test_train_flags_take_a_nextvlad_name():
 
 
 def test_train_flags_derive_from_the_configs():
-    job = _load_job("train")
+    job = train_command
     config = job.config_from_args(job.parse_args(
         ["--model", "K32-H1024", "--classes", "20", "--lr", "0.01", "--workers", "2", "--use-gpu",
          "--max-steps", "7", "--out", "/tmp/x"]))
@@ -500,7 +493,7 @@ def test_distill_job_trains_a_student_from_zoo_letters_on_ray_train(synthetic_di
             "--experiment", "test-distill"]
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp_path / 'mlflow.db'}"
     try:
-        assert _load_job("distill").main(argv) == 0
+        assert distill_command.main(argv) == 0
     finally:
         del os.environ["MLFLOW_TRACKING_URI"]
     teacher = tmp_path / "runs" / "student-teacher"
@@ -509,4 +502,4 @@ def test_distill_job_trains_a_student_from_zoo_letters_on_ray_train(synthetic_di
     assert [read_state(path)["step"] for path in checkpoints] == [3, 6]
     train_config = read_state(checkpoints[-1])["train_config"]
     assert train_config["teacher"] == str(teacher) and train_config["distill_lambda"] == 0.5
-    assert _load_job("distill").main(argv[2:]) == 2  # no teacher
+    assert distill_command.main(argv[2:]) == 2  # no teacher

@@ -1,0 +1,147 @@
+r"""Train a grid of models (Gated NetVLAD K×H, NeXtVLAD NX-…) on Ray Tune, then build the zoo (Table 1).
+
+Recipes:
+
+    # the plan only: per config fp32/fp16 MiB, GiB per worker, GPU type and batch size
+    python jobs/sweep.py --grid paper --classes 3862 --dry-run --gpus 1080Ti,1060,T4,L4
+    # a tiny local sweep (2 models, 20 steps; 2 CPU cores: ~3 min), prints the zoo table
+    python jobs/synth.py --out data/synth --smoke
+    python jobs/sweep.py --smoke --train-data 'data/synth/train*.tfrecord' \
+        --validate-data 'data/synth/validate*.tfrecord' --out runs/sweep
+    # the paper's 28 models on a cluster of labelled GPU nodes (ray up cluster/gcp.yaml):
+    ray job submit --working-dir . -- python jobs/sweep.py \
+        --grid paper --classes 3862 \
+        --train-data 'gs://BUCKET/train*.tfrecord' --validate-data 'gs://BUCKET/validate*.tfrecord' \
+        --out /shared/sweep --max-steps 200000 --checkpoint-every 5000
+        # 1080Ti/T4/L4: 2-3 days a model (the paper: 200k steps on one 1080Ti); expect the
+        # zoo's best single-checkpoint GAP around 0.86-0.87 on validate (paper, Table 1)
+    # `make sweep`: 4 models × 120 steps on data/synth, 2 CPU cores: ~5 min
+    # where each model stands (checkpoint step, done, GAP), while it runs or after it stopped
+    python jobs/sweep.py --out runs/sweep --status
+    # after the driver died: finish only the unfinished trials
+    python jobs/sweep.py --out runs/sweep --resume
+
+Each trial is a Ray Train run on one GPU type (Ray node label `gpu-type`); its batch size is
+the largest of 160, 80, 40, 20 that fits that type's memory. Configs that fit no GPU type of
+the cluster are refused before anything starts. MLflow: a parent run `sweep <out>` with one
+child run per model (GAP, sizes, GPU type, batch size) and the zoo's table and Pareto plot.
+The paper's split: --holdout auto (default) holds out round(60/3844 · files) validate files
+(at least 2; the paper's 60 of 3844), trains on the rest plus train, makes the zoo's choices on
+one half of the held-out files and reports GAP on the other (sweep.json and split.json record
+it). The zoo's evaluations run as Ray tasks, many at once.
+--out must be a filesystem every node sees (one machine, or NFS on a cluster): trials write
+their checkpoints there and the zoo is built from them.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from typing import Sequence
+
+from raytrain8m.cli import Parser, add_skip_corrupt
+from raytrain8m.cli import add_verbose_flag, console
+from raytrain8m.errors import Raytrain8mError, fail
+
+SMOKE = {"grid": "K4-H16,K8-H16", "classes": 20, "max_steps": 20, "checkpoint_every": 5,
+         "eval_every": 0, "eval_batches": 2, "log_every": 5, "batch_sizes": "16,8",
+         "batch_size": 16}
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = Parser(description=__doc__)
+    grid = parser.add_argument_group("the grid (names, or cluster × hidden sizes, or a sweep file)")
+    grid.add_argument("--grid", default="", help="model names of either family, e.g. "
+                      "K24-H1440,K32-H1024,NX-K112-H2048-R16; `paper`: the paper's 28")
+    grid.add_argument("--cluster-sizes", default="", help="e.g. 8,16,32")
+    grid.add_argument("--hidden-sizes", default="", help="e.g. 256,512,1024")
+    grid.add_argument("--sweep-file", help="YAML/JSON: grid, cluster_sizes, hidden_sizes, classes, "
+                                          "workers_per_trial, train: {TrainConfig settings}")
+    grid.add_argument("--classes", type=int, help="number of classes (3862 for YouTube-8M 2018)")
+    train = parser.add_argument_group("training (defaults: TrainConfig's, or the sweep file's)")
+    train.add_argument("--train-data", help="train split glob or URI")
+    train.add_argument("--validate-data", help="validate split glob or URI (also scores the zoo)")
+    train.add_argument("--holdout", help="validate files held out of training for every later choice: auto "
+                                         "(default: the paper's 60 of 3844, scaled: round(60/3844 * files), "
+                                         "at least 2), N, or 0 (train on train files, score on all validate)")
+    train.add_argument("--max-steps", type=int)
+    train.add_argument("--checkpoint-every", type=int)
+    train.add_argument("--lr", dest="learning_rate", type=float,
+                       help="base learning rate (TrainConfig's default: the paper's 1e-4)")
+    train.add_argument("--workers-per-trial", type=int, help="data-parallel workers per model (default 1)")
+    add_skip_corrupt(train)
+    train.add_argument("--batch-sizes", default="", help="per-worker batch sizes to try on a GPU, largest "
+                                                        "first (default: 160,80,40,20, the paper's)")
+    run = parser.add_argument_group("the sweep")
+    run.add_argument("--out", default="runs/sweep", help="sweep directory (default: %(default)s)")
+    run.add_argument("--max-concurrent", type=int, help="trials at once (default: what the cluster holds)")
+    run.add_argument("--max-failures", type=int, default=2, help="retries of a failed trial (default: %(default)s)")
+    run.add_argument("--resume", action="store_true",
+                     help="finish the sweep in --out: run only the trials that have no trial.json yet")
+    run.add_argument("--status", action="store_true",
+                     help="print where each model of the sweep in --out stands (running or not) and exit")
+    run.add_argument("--dry-run", action="store_true", help="print the placement plan and exit")
+    run.add_argument("--gpus", default="", help="plan for these GPU types instead of the cluster's "
+                                                "(e.g. 1080Ti=2,1060,T4,L4); with --dry-run")
+    run.add_argument("--zoo-interval", type=int, default=1, help="score every N-th checkpoint for the zoo")
+    run.add_argument("--smoke", action="store_true",
+                     help=f"tiny settings for anything not given: {json.dumps(SMOKE)}")
+    add_verbose_flag(parser)
+    args = parser.parse_args(argv)
+    if args.smoke:
+        for key, value in SMOKE.items():
+            if not getattr(args, key, None) and not (key == "grid" and (args.cluster_sizes or args.sweep_file)):
+                setattr(args, key, value)
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    console(args.verbose)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from raytrain8m import placement, sweep, sweep_records
+    from raytrain8m.zoo import build_zoo
+
+    try:
+        if args.status:
+            print(sweep_records.status_table(sweep_records.sweep_status(args.out)))
+            return 0
+        if args.resume:
+            result = sweep.resume_sweep(args.out)
+        else:
+            spec = sweep.sweep_spec(
+                args.grid, args.cluster_sizes, args.hidden_sizes, args.classes, args.workers_per_trial,
+                args.sweep_file, train_data=args.train_data, validate_data=args.validate_data,
+                max_steps=args.max_steps, checkpoint_every=args.checkpoint_every, holdout=args.holdout,
+                skip_corrupt=args.skip_corrupt or None,
+                **{key: getattr(args, key, None) for key in ("eval_every", "eval_batches", "log_every", "batch_size", "learning_rate")})
+            if args.batch_sizes:
+                spec = spec.replace(batch_sizes=tuple(placement.parse_ints(args.batch_sizes, "batch sizes")))
+            if args.dry_run:
+                inventory = placement.parse_inventory(args.gpus) if args.gpus else None
+                print(placement.plan_table(sweep.plan_sweep(spec, inventory)))
+                return 0
+            result = sweep.run_sweep(spec, args.out, args.max_concurrent, args.max_failures)
+        failed = [trial for trial in result.trials if trial.error]
+        for trial in failed:
+            print(f"error: trial {trial.model} failed: {trial.error.splitlines()[0]}", file=sys.stderr)
+        done = [trial.run_dir for trial in result.completed]
+        if not done:
+            raise Raytrain8mError("no trial completed; nothing to put in the zoo")
+        choose, report, split = sweep_records.scoring_data(result.out)  # the sweep's holdout
+        zoo = build_zoo(done, choose, result.out, interval=args.zoo_interval,
+                        parent_run_id=result.parent_run_id, report_data=report, split=split)
+    except Raytrain8mError as error:
+        return fail(error)
+    print(zoo.table())
+    print(f"\n{len(result.completed)}/{len(result.trials)} trials in {result.wall_s:.0f} s; "
+          f"zoo: {zoo.path}")
+    timing = zoo.timing or {}
+    print(f"zoo scoring: {timing.get('evaluations', 0)} evaluations, {timing.get('evaluation_s', 0):.0f} s of "
+          f"evaluation in {timing.get('wall_s', 0):.0f} s wall")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
