@@ -9,9 +9,11 @@ import sys
 import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from raytrain8m import atomic
+from raytrain8m.predictions import PredictionStore
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -198,3 +200,14 @@ def test_symlink_replaces_a_link_in_one_step(tmp_path):
     assert os.readlink(link) == str(tmp_path / "two")
     assert sorted(os.listdir(tmp_path)) == ["one", "ray_logs", "two"]
 
+
+def test_a_failed_prediction_writer_leaves_no_part_files(tmp_path):
+    labels = np.eye(4, dtype=np.int8)
+    store = PredictionStore.from_arrays(tmp_path / "store", [np.full((4, 4), 0.5, np.float32)], labels)
+    before = sorted(os.listdir(store.path))
+    with pytest.raises(RuntimeError):
+        with store.writer("late") as writer:
+            writer.add(np.full((4, 4), 0.25, np.float32), labels, ["0", "1", "2", "3"])
+            raise RuntimeError("the member fails half way")
+    assert sorted(os.listdir(store.path)) == before
+    assert PredictionStore(store.path).members == ["0"]
