@@ -202,7 +202,7 @@ def link_logs(run_dir: str | os.PathLike) -> Path | None:
     except OSError:
         try:
             note = run_dir / f"{LOGS_LINK}.txt"
-            note.write_text(f"{logs}\n")
+            atomic.write_text(note, f"{logs}\n")
             return note
         except OSError as error:
             log.debug("could not record Ray's log directory in %s (%s)", run_dir, error)

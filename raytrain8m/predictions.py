@@ -99,8 +99,9 @@ class MemberWriter:
             counts = np.concatenate(self._label_counts) if self._label_counts else np.zeros(0, np.int64)
             indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
             indices = np.concatenate(self._label_indices) if self._label_indices else np.zeros(0, np.int32)
-            np.save(store.path / "label_indptr.npy", indptr)
-            np.save(store.path / "label_indices.npy", indices)
+            for name, values in (("label_indptr.npy", indptr), ("label_indices.npy", indices)):
+                with atomic.staged_file(store.path / name, "wb") as out:
+                    np.save(out, values)
             self._ids_staged.commit()
             store.meta.update(videos=self.videos, ids_sha256=self._digest.hexdigest())
         elif self.videos != store.videos or self._digest.hexdigest() != store.meta["ids_sha256"]:
