@@ -13,13 +13,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
-import uuid
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 
+from raytrain8m import atomic
 from raytrain8m.errors import CheckpointError
 from raytrain8m.models.config import MODEL_JSON, ModelConfig
 
@@ -66,9 +65,7 @@ def save_checkpoint(directory: str | os.PathLike, config: ModelConfig,
 
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
-    staging = directory.parent / f".{directory.name}.tmp-{uuid.uuid4().hex[:8]}"
-    staging.mkdir()
-    try:
+    with atomic.staged_dir(directory) as staging:
         names = sorted(tensors)
         tf.raw_ops.SaveV2(prefix=str(staging / WEIGHTS), tensor_names=names,
                           shape_and_slices=[""] * len(names),
@@ -78,12 +75,6 @@ def save_checkpoint(directory: str | os.PathLike, config: ModelConfig,
         # copying files, not renaming a directory) is complete only when they all match.
         files = {path.name: path.stat().st_size for path in sorted(staging.iterdir())}
         _write_json(staging / STATE_JSON, {"step": int(step), **dict(state or {}), FILES_KEY: files})
-        if directory.exists():
-            shutil.rmtree(directory)
-        staging.rename(directory)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return directory
 
 

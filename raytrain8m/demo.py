@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
-from raytrain8m import settings
+from raytrain8m import atomic, settings
 from raytrain8m.errors import ConfigError
 from raytrain8m.models import ModelConfig
 
@@ -202,5 +202,5 @@ def _run(demo: DemoScale, scale_name: str, data_root: str | Path, out: Path, max
     report = write_report(summary, zoo, out)
     summary["report"] = str(report)
     summary["total_s"] = round(time.monotonic() - started, 1)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    atomic.write_json(out / "summary.json", summary, default=str)
     return summary

@@ -17,15 +17,14 @@ import dataclasses
 import json
 import logging
 import os
-import shutil
 import time
-import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import tensorflow as tf
 
+from raytrain8m import atomic
 from raytrain8m.average import model_tensors
 from raytrain8m.checkpoint import load_checkpoint
 from raytrain8m.compress import to_precision
@@ -133,17 +132,10 @@ def model_flags(configs: Sequence[ModelConfig], members: Sequence["Member"], wei
     }
 
 
-def _install(staging: Path, out: Path) -> None:
-    """Put `staging` at `out`; an existing export there is replaced, anything else refused."""
-    if out.exists():
-        if not (out / ENSEMBLE_JSON).is_file() and any(out.iterdir()):
-            raise ConfigError(f"{out} exists and is not an ensemble export; refusing to replace it")
-        old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-        out.rename(old)
-        staging.rename(out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        staging.rename(out)
+def _check_replaceable(out: Path) -> None:
+    """An existing export at `out` may be replaced; anything else is refused."""
+    if out.exists() and not (out / ENSEMBLE_JSON).is_file() and any(out.iterdir()):
+        raise ConfigError(f"{out} exists and is not an ensemble export; refusing to replace it")
 
 
 def stored_mib(export_dir: str | os.PathLike) -> float:
@@ -172,9 +164,7 @@ def export_ensemble(members: Sequence["Member"], weights: Sequence[float], out: 
         tensors.append(values)
     started = time.monotonic()
     out.parent.mkdir(parents=True, exist_ok=True)
-    staging = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
-    staging.mkdir()
-    try:
+    with atomic.staged_dir(out) as staging:
         write_meta_graph(configs, tensors, weights, staging / META_DIR)
         module = EnsembleModule(configs, tensors, weights)
         tf.saved_model.save(module, str(staging / SAVED_MODEL), signatures={"serving_default": module.serve})
@@ -186,9 +176,6 @@ def export_ensemble(members: Sequence["Member"], weights: Sequence[float], out: 
                    "size_mib": round(stored_mib(staging), 3), "precisions": [m.precision for m in members],
                    "validate_gap": validate_gap, "num_classes": configs[0].num_classes, **dict(extra or {})}
         (staging / ENSEMBLE_JSON).write_text(json.dumps(summary, indent=2) + "\n")
-        _install(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+        _check_replaceable(out)
     log.info("exported %d-member ensemble to %s in %.1fs", len(members), out, time.monotonic() - started)
     return out

@@ -19,6 +19,7 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
+from raytrain8m import atomic
 from raytrain8m.errors import ConfigError
 
 PAPER_HOLDOUT, PAPER_VALIDATE_FILES = 60, 3844
@@ -77,9 +78,7 @@ class Split:
     def save(self, path: str | os.PathLike) -> Path:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        staging = path.with_name(f".{path.name}.tmp")
-        staging.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-        staging.replace(path)
+        atomic.write_json(path, self.to_dict())
         return path
 
 

@@ -20,12 +20,12 @@ import re
 import shutil
 import tempfile
 import time
-import uuid
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from raytrain8m import atomic
 from raytrain8m.data.schema import DataError
 from raytrain8m.errors import ConfigError
 from raytrain8m.export import ENSEMBLE_JSON, META_DIR, META_PREFIX, SAVED_MODEL
@@ -207,15 +207,6 @@ def _finished(parts: Path, path: str, identity: dict) -> bool:
     return False
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    staging = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    try:
-        staging.write_text(text)
-        os.replace(staging, path)
-    finally:
-        staging.unlink(missing_ok=True)
-
-
 def _prepare_parts(parts: Path, fingerprint: str) -> None:
     """The parts directory for this model; parts made by another model are discarded."""
     manifest = parts / "manifest.json"
@@ -224,7 +215,7 @@ def _prepare_parts(parts: Path, fingerprint: str) -> None:
         shutil.rmtree(parts)
     parts.mkdir(parents=True, exist_ok=True)
     if not manifest.is_file():
-        _write_atomically(manifest, json.dumps({"model": fingerprint}) + "\n")
+        atomic.write_text(manifest, json.dumps({"model": fingerprint}) + "\n")
 
 
 def _fingerprint(model_dir: Path, source: str) -> str:
@@ -299,8 +290,8 @@ def infer(model_dir: str | os.PathLike, data: str | Sequence[str], out: str | os
                 if result["error"]:
                     errors.append(result)
                 else:
-                    _write_atomically(parts / _part_name(result["path"]), result["text"])
-                    _write_atomically(_part_record(parts, result["path"]), json.dumps(
+                    atomic.write_text(parts / _part_name(result["path"]), result["text"])
+                    atomic.write_text(_part_record(parts, result["path"]), json.dumps(
                         {"input": result["path"], "identity": identities[result["path"]]}) + "\n")
                     videos += int(result["videos"])
                     skipped_records += int(result["skipped"])
@@ -311,15 +302,10 @@ def infer(model_dir: str | os.PathLike, data: str | Sequence[str], out: str | os
             raise DataError(first["path"], None if first["record"] < 0 else int(first["record"]),
                             first["error"] + more)
 
-    staging = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex[:8]}")
-    try:
-        with open(staging, "w") as merged:
-            merged.write(HEADER + "\n")
-            for path in files:
-                merged.write((parts / _part_name(path)).read_text())
-        os.replace(staging, out)
-    finally:
-        staging.unlink(missing_ok=True)
+    with atomic.staged_file(out, "w") as merged:
+        merged.write(HEADER + "\n")
+        for path in files:
+            merged.write((parts / _part_name(path)).read_text())
     summary = InferSummary(str(out), len(files), len(files) - len(pending), len(pending), videos,
                            round(time.monotonic() - started, 2), pool, skipped_records)
     if skipped_records:

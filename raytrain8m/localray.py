@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from raytrain8m import settings
+from raytrain8m import atomic, settings
 from raytrain8m.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -185,15 +185,13 @@ def link_logs(run_dir: str | os.PathLike) -> Path | None:
     run_dir = Path(run_dir)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        link, temporary = run_dir / LOGS_LINK, run_dir / f".{LOGS_LINK}.{os.getpid()}"
-        temporary.unlink(missing_ok=True)
-        temporary.symlink_to(logs, target_is_directory=True)
-        os.replace(temporary, link)
+        link = run_dir / LOGS_LINK
+        atomic.symlink(link, logs, target_is_directory=True)
         return link
     except OSError:
         try:
             note = run_dir / f"{LOGS_LINK}.txt"
-            note.write_text(f"{logs}\n")
+            atomic.write_text(note, f"{logs}\n")
             return note
         except OSError as error:
             log.debug("could not record Ray's log directory in %s (%s)", run_dir, error)

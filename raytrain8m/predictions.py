@@ -28,6 +28,7 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
+from raytrain8m import atomic
 from raytrain8m.errors import BudgetError, ConfigError
 from raytrain8m.metrics import pooled_ap
 
@@ -36,12 +37,6 @@ CANDIDATES = 64  # per member and video: the classes a combination's top 20 is l
 TOP_K = 20       # GAP@20
 CHUNK_VIDEOS = 1024
 Combination = tuple[Sequence[int], Sequence[float]]  # (member indices, weights)
-
-
-def _atomic_json(path: Path, payload: dict) -> None:
-    staging = path.with_name(f".{path.name}.tmp")
-    staging.write_text(json.dumps(payload, indent=2) + "\n")
-    staging.replace(path)
 
 
 class MemberWriter:
@@ -55,10 +50,12 @@ class MemberWriter:
         self.first = self.index == 0
         self.videos = 0
         self._digest = hashlib.sha256()
-        self._files = {suffix: open(store.path / f".{self.index}.{suffix}.tmp", "wb") for suffix in ("f16", "top")}
+        self._staged = {suffix: atomic.staged_file(store.path / f"{self.index}.{suffix}", "wb") for suffix in ("f16", "top")}
+        self._files = {suffix: staged.file for suffix, staged in self._staged.items()}
         self._label_counts: list[np.ndarray] = []
         self._label_indices: list[np.ndarray] = []
-        self._ids = open(store.path / ".ids.txt.tmp", "w") if self.first else None
+        self._ids_staged = atomic.staged_file(store.path / "ids.txt", "w") if self.first else None
+        self._ids = self._ids_staged.file if self.first else None
 
     def add(self, predictions: np.ndarray, labels: np.ndarray, ids: Iterable[str]) -> None:
         predictions = np.asarray(predictions)
@@ -84,28 +81,39 @@ class MemberWriter:
     def close(self) -> None:
         """Writers opened together close in the order they were opened (the first one's videos
         are the reference)."""
-        for handle in self._files.values():
-            handle.close()
         store = self.store
         store.open_writers -= 1
+        try:
+            self._commit()
+        except BaseException:
+            self._discard()
+            raise
+        store.meta["members"].append(self.name)
+        atomic.write_json(store.path / STORE_JSON, store.meta)
+
+    def _commit(self) -> None:
+        store = self.store
         if self.index != len(store.members):
             raise ConfigError(f"member {self.name} closed before the members opened ahead of it")
         if self.first:
-            self._ids.close()
             counts = np.concatenate(self._label_counts) if self._label_counts else np.zeros(0, np.int64)
             indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
             indices = np.concatenate(self._label_indices) if self._label_indices else np.zeros(0, np.int32)
-            np.save(store.path / "label_indptr.npy", indptr)
-            np.save(store.path / "label_indices.npy", indices)
-            (store.path / ".ids.txt.tmp").replace(store.path / "ids.txt")
+            for name, values in (("label_indptr.npy", indptr), ("label_indices.npy", indices)):
+                with atomic.staged_file(store.path / name, "wb") as out:
+                    np.save(out, values)
+            self._ids_staged.commit()
             store.meta.update(videos=self.videos, ids_sha256=self._digest.hexdigest())
         elif self.videos != store.videos or self._digest.hexdigest() != store.meta["ids_sha256"]:
             raise ConfigError(f"member {self.name} was predicted on other videos ({self.videos}) than the "
                               f"first member ({store.videos}), or in another order")
-        for suffix in ("f16", "top"):
-            (store.path / f".{self.index}.{suffix}.tmp").replace(store.path / f"{self.index}.{suffix}")
-        store.meta["members"].append(self.name)
-        _atomic_json(store.path / STORE_JSON, store.meta)
+        for staged in self._staged.values():
+            staged.commit()
+
+    def _discard(self) -> None:
+        for staged in (*self._staged.values(), self._ids_staged):
+            if staged is not None:
+                staged.discard()
 
     def __enter__(self) -> "MemberWriter":
         return self
@@ -115,10 +123,7 @@ class MemberWriter:
             self.close()
         else:
             self.store.open_writers -= 1
-            for handle in self._files.values():
-                handle.close()
-            if self._ids:
-                self._ids.close()
+            self._discard()
 
 
 def _top_classes(values: np.ndarray, count: int) -> np.ndarray:
@@ -148,8 +153,8 @@ class PredictionStore:
         path.mkdir(parents=True, exist_ok=True)
         if (path / STORE_JSON).exists():
             raise ConfigError(f"{path}: a prediction store is already there")
-        _atomic_json(path / STORE_JSON, {"classes": num_classes, "videos": 0, "members": [],
-                                         "candidates": min(candidates, num_classes)})
+        atomic.write_json(path / STORE_JSON, {"classes": num_classes, "videos": 0, "members": [],
+                                              "candidates": min(candidates, num_classes)})
         return cls(path)
 
     @classmethod

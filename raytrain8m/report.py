@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from raytrain8m import atomic
 from raytrain8m.zoo import Zoo
 
 log = logging.getLogger(__name__)
@@ -148,7 +149,7 @@ held-out files the choices were made on{_report_gap(ensemble)}.
 {timings}
 """
     report = out / "report.md"
-    report.write_text(text)
+    atomic.write_text(report, text)
     run_id = summary.get("sweep_parent_run_id")
     if run_id:
         from mlflow.exceptions import MlflowException

@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
+from raytrain8m import atomic
 from raytrain8m.checkpoint import list_checkpoints, read_state
 from raytrain8m.errors import ConfigError
 from raytrain8m.placement import Placement
@@ -35,9 +36,7 @@ class TrialOutcome:
 
 def write_json(path: Path, payload: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    staging = path.with_name(f".{path.name}.tmp")
-    staging.write_text(json.dumps(payload, indent=2) + "\n")
-    staging.replace(path)
+    atomic.write_json(path, payload)
 
 
 def read_sweep(out: Path, doing: str = "no sweep here") -> dict[str, Any]:

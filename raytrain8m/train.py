@@ -275,9 +275,9 @@ def write_error_record(run_dir: Path, error: Raytrain8mError, rank: int | None =
         pass
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        staging = run_dir / f".{ERROR_JSON}.tmp-{os.getpid()}"
-        staging.write_text(json.dumps(payload) + "\n")
-        os.replace(staging, run_dir / ERROR_JSON)
+        from raytrain8m import atomic
+
+        atomic.write_json(run_dir / ERROR_JSON, payload, indent=None)
     except OSError as failure:
         log.warning("could not record the error in %s (%s)", run_dir, failure)
 

@@ -14,6 +14,7 @@ import string
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from raytrain8m import atomic
 from raytrain8m.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -146,9 +147,7 @@ class Zoo:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         for target, text in ((path, json.dumps(self.to_dict(), indent=2)), (path.with_suffix(".txt"), self.table())):
-            staging = target.with_name(f".{target.name}.tmp")
-            staging.write_text(text + "\n")
-            staging.replace(target)
+            atomic.write_text(target, text + "\n")
         self.path = path
         return path
 

@@ -8,12 +8,12 @@ from __future__ import annotations
 import dataclasses
 import logging
 import struct
-import uuid
 from typing import BinaryIO, Iterable, Iterator
 
 import google_crc32c
 import pyarrow.fs as pafs
 
+from raytrain8m import atomic
 from raytrain8m.data.files import resolve
 from raytrain8m.data.schema import DataError
 
@@ -120,18 +120,9 @@ def write_records(path: str, records: Iterable[bytes],
     parent = path.rsplit("/", 1)[0] if "/" in path else ""
     if parent:
         filesystem.create_dir(parent, recursive=True)
-    temporary = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
     count = 0
-    try:
-        with filesystem.open_output_stream(temporary, compression=None) as out:
-            for record in records:
-                out.write(frame_record(record))
-                count += 1
-        filesystem.move(temporary, path)
-    except BaseException:
-        try:
-            filesystem.delete_file(temporary)
-        except OSError:
-            pass
-        raise
+    with atomic.staged_file(path, "wb", filesystem) as out:
+        for record in records:
+            out.write(frame_record(record))
+            count += 1
     return count
