@@ -3,27 +3,34 @@
 Only the driver and rank 0 log. A run is addressed by its id (`RunLogger.attach`), so the
 driver can create it, a worker can log into it, and a sweep can parent it. Checkpoint
 locations are tags `checkpoint/<step:08d>` = path, so `checkpoint_locations(run_id)`
-gives back every checkpoint a run wrote.
+gives back every checkpoint a run wrote. MLflow (≈3 s to import) is imported where it is
+first used, so that a command's `--help` and flag errors never wait for it.
 """
 from __future__ import annotations
 
 import logging
 import time
 from pathlib import Path
-from typing import Any, Mapping
-
-from mlflow.entities import Metric, Param, Run, RunTag
-from mlflow.exceptions import MlflowException
-from mlflow.tracking import MlflowClient
-from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
+from typing import TYPE_CHECKING, Any, Mapping
 
 from raytrain8m import settings
 from raytrain8m.models import ModelConfig
+
+if TYPE_CHECKING:
+    from mlflow.entities import Run
+    from mlflow.tracking import MlflowClient
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_TAG = "checkpoint/"
 _PARAM_MAX = 6000  # MLflow's limit on a param value
+
+
+def _tracking_errors() -> tuple[type[BaseException], ...]:
+    """What a tracking call raises that we warn about instead of failing the stage."""
+    from mlflow.exceptions import MlflowException
+
+    return MlflowException, OSError
 
 
 def tracking_uri(uri: str | None = None) -> str:
@@ -35,12 +42,16 @@ def tracking_uri(uri: str | None = None) -> str:
 
 
 def client(uri: str | None = None) -> MlflowClient:
+    from mlflow.tracking import MlflowClient
+
     uri = tracking_uri(uri)
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
 def get_or_create_experiment(name: str | None = None, uri: str | None = None) -> str:
     """The experiment's id, creating it (artifacts under `<runs>/mlartifacts` locally) if new."""
+    from mlflow.exceptions import MlflowException
+
     name = name or settings.experiment_name()
     mlflow_client = client(uri)
     experiment = mlflow_client.get_experiment_by_name(name)
@@ -70,14 +81,18 @@ class RunLogger:
     def _safely(self, what: str, call, *args, **kwargs) -> None:
         try:
             call(*args, **kwargs)
-        except (MlflowException, OSError) as error:
+        except _tracking_errors() as error:
             log.warning("MLflow: could not %s for run %s (%s)", what, self.run_id, error)
 
     def log_params(self, params: Mapping[str, Any]) -> None:
+        from mlflow.entities import Param
+
         entries = [Param(key, str(value)[:_PARAM_MAX]) for key, value in params.items()]
         self._safely("log params", self.client.log_batch, self.run_id, params=entries)
 
     def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
+        from mlflow.entities import Metric
+
         now = int(time.time() * 1000)
         entries = [Metric(key, float(value), now, int(step or 0)) for key, value in metrics.items()
                    if isinstance(value, (int, float)) and not isinstance(value, bool)]
@@ -85,6 +100,8 @@ class RunLogger:
             self._safely("log metrics", self.client.log_batch, self.run_id, metrics=entries)
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
+        from mlflow.entities import RunTag
+
         entries = [RunTag(key, str(value)) for key, value in tags.items()]
         self._safely("set tags", self.client.log_batch, self.run_id, tags=entries)
 
@@ -106,6 +123,8 @@ class RunLogger:
 def start_run(run_name: str, experiment: str | None = None, parent_run_id: str | None = None,
               tags: Mapping[str, Any] | None = None, uri: str | None = None) -> RunLogger:
     """Create a run (a child of `parent_run_id` when given) and return its logger."""
+    from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
+
     experiment_id = get_or_create_experiment(experiment, uri)
     all_tags = {MLFLOW_RUN_NAME: run_name, **{key: str(value) for key, value in (tags or {}).items()}}
     if parent_run_id:
@@ -121,7 +140,7 @@ def log_run(run_name: str, params: Mapping[str, Any], metrics: Mapping[str, Any]
     metric series. Tracking failures are warned about, never raised: the stage's result stands."""
     try:
         run = start_run(run_name, tags=tags)
-    except (MlflowException, OSError) as error:
+    except _tracking_errors() as error:
         log.warning("MLflow: could not start run %r (%s); results are still returned", run_name, error)
         return None
     run.log_params(params)
@@ -145,7 +164,7 @@ def log_artifacts(run_id: str, path: str | Path, artifact_path: str, uri: str | 
             client(uri).log_artifacts(run_id, str(path), artifact_path)
         else:
             client(uri).log_artifact(run_id, str(path), artifact_path)
-    except (MlflowException, OSError) as error:
+    except _tracking_errors() as error:
         log.warning("MLflow: could not log %s for run %s (%s)", path, run_id, error)
         return False
     return True
@@ -165,6 +184,8 @@ def register_ensemble(run_id: str, export_dir: str | Path, tags: Mapping[str, An
     Returns the version, or None when tracking failed (warned about, the export stands)."""
     if not log_artifacts(run_id, export_dir, "ensemble", uri):
         return None
+    from mlflow.exceptions import MlflowException
+
     mlflow_client = client(uri)
     try:
         try:
@@ -176,7 +197,7 @@ def register_ensemble(run_id: str, export_dir: str | Path, tags: Mapping[str, An
         source = f"{mlflow_client.get_run(run_id).info.artifact_uri.rstrip('/')}/ensemble"
         version = mlflow_client.create_model_version(name, source, run_id=run_id,
                                                      tags={key: str(value) for key, value in tags.items()})
-    except (MlflowException, OSError) as error:
+    except _tracking_errors() as error:
         log.warning("MLflow: could not register %s from run %s (%s)", name, run_id, error)
         return None
     RunLogger(run_id, uri).set_tags({"registered_model": f"{name}/{version.version}"})
@@ -195,6 +216,8 @@ def find_runs(experiment: str | None = None, filter_string: str = "", uri: str |
 
 
 def child_runs(parent_run_id: str, experiment: str | None = None, uri: str | None = None) -> list[Run]:
+    from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
     return find_runs(experiment, f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent_run_id}'", uri)
 
 

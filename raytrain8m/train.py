@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Any, Mapping
 
-from raytrain8m import localray, settings, tracking
+from raytrain8m import atomic, localray, settings, tracking
 from raytrain8m.checkpoint import check_same_model, list_checkpoints, read_state
 from raytrain8m.errors import ConfigError, Raytrain8mError
 from raytrain8m.holdout import SPLIT_JSON, Split, make_split
@@ -226,7 +226,7 @@ def _mlflow_run(config: TrainConfig, parent_run_id: str | None, tags: Mapping[st
                              tags={"stage": "train", "model": config.model.name, **dict(tags or {})},
                              uri=config.tracking_uri)
     config.run_dir.mkdir(parents=True, exist_ok=True)
-    record.write_text(json.dumps({"run_id": run.run_id, "tracking_uri": config.tracking_uri}) + "\n")
+    atomic.write_json(record, {"run_id": run.run_id, "tracking_uri": config.tracking_uri}, indent=None)
     return run.run_id
 
 
@@ -240,7 +240,7 @@ def _worker_error(error: Exception, run_dir: Path) -> Exception:
 
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / ERROR_LOG).write_text("".join(traceback.format_exception(error)))
+        atomic.write_text(run_dir / ERROR_LOG, "".join(traceback.format_exception(error)))
     except OSError:
         pass
     try:
@@ -275,8 +275,6 @@ def write_error_record(run_dir: Path, error: Raytrain8mError, rank: int | None =
         pass
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        from raytrain8m import atomic
-
         atomic.write_json(run_dir / ERROR_JSON, payload, indent=None)
     except OSError as failure:
         log.warning("could not record the error in %s (%s)", run_dir, failure)

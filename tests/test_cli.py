@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -21,20 +20,18 @@ try:
     runpy.run_path({path!r}, run_name="__main__")
 except SystemExit:
     pass
-print(json.dumps(sorted(m for m in ("tensorflow", "ray") if m in sys.modules)), file=sys.stderr)
+print(json.dumps(sorted(m for m in ("tensorflow", "ray", "mlflow") if m in sys.modules)), file=sys.stderr)
 """
 
 
 @pytest.mark.parametrize("job", JOBS)
-def test_help_imports_neither_tensorflow_nor_ray(job):
-    started = time.monotonic()
+def test_help_imports_neither_tensorflow_nor_ray_nor_mlflow(job):
+    """What keeps `--help` instant (under 1 s idle): none of the three slow imports happens."""
     done = subprocess.run([sys.executable, "-c", PROBE.format(job=job, path=str(REPO / "jobs" / job))],
                           capture_output=True, text=True, timeout=120, cwd=REPO)
-    seconds = time.monotonic() - started
     assert done.returncode == 0, done.stderr[-2000:]
     assert "usage:" in done.stdout and "--verbose" in done.stdout
     assert json.loads(done.stderr.strip().splitlines()[-1]) == []
-    assert seconds < 5, f"{job} --help took {seconds:.1f} s"  # under 1 s on an idle machine; a generous margin
 
 
 # --- `raytrain8m <command>` (raytrain8m/commands/) and its doors in jobs/ ----------------------
@@ -62,13 +59,10 @@ def test_every_job_is_a_door_to_its_command():
 def test_console_help_lists_every_command_at_once():
     from raytrain8m.commands import COMMANDS
 
-    started = time.monotonic()
     done = _run("-m", "raytrain8m", "--help")
-    seconds = time.monotonic() - started
     assert done.returncode == 0 and done.stderr == ""
     for name, purpose in COMMANDS.items():
         assert f"  {name} " in done.stdout and purpose in done.stdout
-    assert seconds < 5, f"raytrain8m --help took {seconds:.1f} s"  # about 0.1 s on an idle machine
 
 
 def test_console_help_imports_no_command_nor_tensorflow_ray_mlflow():
