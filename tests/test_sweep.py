@@ -279,8 +279,8 @@ def test_sweep_driver_killed_then_resumed_finishes_only_the_unfinished_trials(sy
         assert not left, f"Ray processes outlived their killed driver by 60 s: {left}"
         print(f"killed at {killed_at:.0f} s with Tune's saved state {statuses}; {unfinished}'s run dir then: "
               f"{progress}; its Ray processes gone {gone_after:.1f} s after the kill")
-    status = {s.model: (s.done, s.max_steps) for s in sweep_status(out)}
-    assert status == {finished: (True, 8), unfinished: (False, 8)}
+        status = {s.model: (s.done, s.max_steps) for s in sweep_status(out)}
+        assert status == {finished: (True, 8), unfinished: (False, 8)}  # what --status shows
     finally:
         if driver.poll() is None:
             os.killpg(driver.pid, signal.SIGKILL)
