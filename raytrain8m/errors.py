@@ -14,6 +14,10 @@ class CheckpointError(Raytrain8mError):
     """A checkpoint that is missing, unreadable or of a different model."""
 
 
+class TrainingError(Raytrain8mError):
+    """Training cannot go on (a non-finite loss or weights, an empty data shard)."""
+
+
 class BudgetError(Raytrain8mError):
     """An ensemble larger than its size budget."""
 

@@ -222,6 +222,12 @@ def _loopback_node() -> None:
         ray_constants.ENABLE_RAY_CLUSTER = False
 
 
+# A local Ray is one machine that nobody preempts: Ray Train's preemption watcher (an actor, so a
+# process start on every run's start-up path) has nothing to watch, and the controller may poll
+# its workers more often than a cluster's 2 s default. Set unless the environment sets them.
+LOCAL_TRAIN_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5"}
+
+
 def start(num_cpus: int | None = None, num_gpus: int | None = None, verbose: bool | None = None,
           **init_options: Any) -> bool:
     """Join RAY_ADDRESS or start a local Ray under the policy above; a no-op if Ray is running.
@@ -244,7 +250,9 @@ def start(num_cpus: int | None = None, num_gpus: int | None = None, verbose: boo
     if address == "local":
         options = {"address": "local", "num_cpus": num_cpus, "num_gpus": num_gpus,
                    "_node_ip_address": LOOPBACK, "include_dashboard": settings.ray_dashboard(),
-                   "dashboard_host": LOOPBACK, "runtime_env": {"env_vars": env}, **options}
+                   "dashboard_host": LOOPBACK, "runtime_env": {"env_vars": {
+                       **{key: value for key, value in LOCAL_TRAIN_ENV.items() if key not in os.environ}, **env}},
+                   **options}
     else:
         # Ray refuses a driver runtime env that sets a variable the job's runtime env sets too.
         options = {"address": address,

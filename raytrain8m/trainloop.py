@@ -11,10 +11,8 @@ import logging
 import math
 import os
 import shutil
-import queue
 import signal
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -29,19 +27,16 @@ from raytrain8m.checkpoint import (EMA_PREFIX, OPTIMIZER_PREFIX, check_same_mode
 from raytrain8m.data import DataError, dequantize
 from raytrain8m.data.batches import to_step_inputs
 from raytrain8m.data.schema import _QUANT_BIAS, _QUANT_SCALE
-from raytrain8m.errors import Raytrain8mError
+from raytrain8m.errors import Raytrain8mError, TrainingError
 from raytrain8m.failures import own_error
 from raytrain8m.gpus import visible_gpus
 from raytrain8m.models import MODELS, cross_entropy
 from raytrain8m.train import TrainConfig, write_error_record
+from raytrain8m.train_input import Prefetcher, batches
 
 log = logging.getLogger("raytrain8m.train")
 
 CRASH_MARKER = ".crashed-at-step-{step}"  # testing: in the run directory, so the crash happens once
-
-
-class TrainingError(Raytrain8mError):
-    """Training cannot go on (a non-finite loss or weights, an empty data shard)."""
 
 
 class StaircaseDecay(keras.optimizers.schedules.LearningRateSchedule):
@@ -222,65 +217,6 @@ def evaluate_snapshot(config: TrainConfig, tensors: dict[str, np.ndarray]) -> di
     return {names.get(key, key): float(value) for key, value in metrics.items() if isinstance(value, (int, float))}
 
 
-def batches(shard, config: TrainConfig, rank: int = 0
-            ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Step inputs (`to_step_inputs`) from this worker's shard, epoch after epoch, forever (the
-    loop counts steps). Rows pass a local shuffle buffer seeded by (seed, rank, epoch); Ray Data
-    prefetches `prefetch_batches` batches while the step runs."""
-    epoch = 0
-    while True:
-        produced = 0
-        shuffle = dict(local_shuffle_buffer_size=config.shuffle_buffer,
-                       local_shuffle_seed=(config.seed * 1000 + rank) * 1000 + epoch) if config.shuffle_buffer else {}
-        for batch in shard.iter_batches(batch_size=config.batch_size, batch_format="numpy", drop_last=True,
-                                        prefetch_batches=config.prefetch_batches, **shuffle):
-            frames, num_frames, labels = to_step_inputs(batch, config.model.num_classes, config.max_frames)
-            if not labels.any():
-                raise DataError(config.train_data, None, "training batch without labels (a test split?)")
-            produced += 1
-            yield frames, num_frames, labels
-        if not produced:
-            raise TrainingError(f"worker's train shard holds fewer than batch_size={config.batch_size} "
-                                f"videos (epoch {epoch}); use a smaller batch or fewer workers")
-        epoch += 1
-
-
-def prefetch(source: Iterator[tuple], depth: int) -> Iterator[tuple]:
-    """`source`'s items as tensors, made `depth` ahead in a thread, so reading and converting a
-    batch overlap the step (TensorFlow releases the GIL inside ops); its errors are re-raised."""
-    if depth <= 0:
-        yield from source
-        return
-    ready: queue.Queue = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-
-    def produce() -> None:
-        try:
-            for item in source:
-                item = tuple(tf.convert_to_tensor(part) for part in item)
-                while not stop.is_set():
-                    try:
-                        ready.put((item, None), timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
-                    return
-        except BaseException as error:  # handed to the consumer, raised there
-            ready.put((None, error))
-
-    thread = threading.Thread(target=produce, name="raytrain8m-prefetch", daemon=True)
-    thread.start()
-    try:
-        while True:
-            item, error = ready.get()
-            if error is not None:
-                raise error
-            yield item
-    finally:
-        stop.set()
-
-
 def first_non_finite(losses: list) -> int | None:
     """Index of the first non-finite loss of a window (read once, at a log step), or None."""
     values = tf.stack(losses).numpy() if losses else np.zeros(0)
@@ -375,12 +311,13 @@ def resume_point(config: TrainConfig) -> str | None:
     return str(newest) if newest is not None else None
 
 
-def train_loop_per_worker(config: dict) -> None:
+def train_loop_per_worker(config: dict, reading: Iterator[tuple] | None = None) -> None:
     """Ray Train's entry point on each worker: train to `max_steps`, resuming from the newest
-    complete checkpoint. Our own errors are recorded in the run directory for the driver."""
+    complete checkpoint. Our own errors are recorded in the run directory for the driver.
+    `reading`: this worker's `batches`, when `train_worker` has started reading them."""
     config = TrainConfig.from_dict(config)
     try:
-        _train(config)
+        _train(config, reading)
     except Exception as error:
         own = own_error(error)
         if own is not None:
@@ -389,7 +326,7 @@ def train_loop_per_worker(config: dict) -> None:
         raise
 
 
-def _train(config: TrainConfig) -> None:
+def _train(config: TrainConfig, reading: Iterator[tuple] | None = None) -> None:
     import ray.train
 
     from raytrain8m import tracking
@@ -431,7 +368,9 @@ def _train(config: TrainConfig) -> None:
                  strategy.num_replicas_in_sync, config.global_batch_size)
 
     train_step = make_train_step(model, optimizer, strategy, config, ema)
-    data = prefetch(batches(ray.train.get_dataset_shard("train"), config, rank), config.prefetch_batches)
+    data = reading if reading is not None else batches(ray.train.get_dataset_shard("train"), config, rank)
+    if config.prefetch_batches:  # converted to tensors ahead, in a thread, while the step runs
+        data = Prefetcher(data, config.prefetch_batches, tf.convert_to_tensor)
     teacher = load_teacher(config)
     global_batch = config.global_batch_size
     started, window_start, window_losses = time.perf_counter(), time.perf_counter(), []

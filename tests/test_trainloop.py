@@ -40,7 +40,9 @@ def test_uint8_step_inputs_give_bit_exact_model_inputs_and_predictions(synthetic
 
 
 def test_prefetch_hands_over_tensors_in_order_and_reraises_the_readers_error():
-    from raytrain8m.trainloop import prefetch
+    import tensorflow as tf
+
+    from raytrain8m.train_input import Prefetcher
 
     def source():
         for i in range(5):
@@ -49,10 +51,37 @@ def test_prefetch_hands_over_tensors_in_order_and_reraises_the_readers_error():
 
     seen = []
     with pytest.raises(ValueError, match="bad record 5"):
-        for values, index in prefetch(source(), depth=2):
+        for values, index in Prefetcher(source(), depth=2, convert=tf.convert_to_tensor):
             seen.append(int(index))
             assert values.numpy().tolist() == [seen[-1]] * 3
     assert seen == [0, 1, 2, 3, 4]
+    assert list(Prefetcher(iter([(1,), (2,)]), depth=1)) == [(1,), (2,)]  # a source that ends, ends
+
+
+def test_prefetch_reads_ahead_before_anyone_asks_and_close_stops_it():
+    """What lets a worker read while it imports TensorFlow: the thread starts at once, fills
+    `depth` items and waits; `close()` ends it (and the iteration) without a consumer."""
+    import threading
+    import time
+
+    from raytrain8m.train_input import Prefetcher
+
+    made = []
+
+    def source():
+        for i in range(100):
+            made.append(i)
+            yield (i,)
+
+    reading = Prefetcher(source(), depth=3)
+    deadline = time.monotonic() + 10
+    while len(made) < 4 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.2)
+    assert made == [0, 1, 2, 3]  # 3 queued, the 4th waiting to be queued: no further
+    reading.close()
+    assert not any(t.name == "raytrain8m-prefetch" and t.is_alive() for t in threading.enumerate())
+    assert list(reading) == []
 
 
 @pytest.mark.slow  # XLA compiles for about a minute on 2 busy cores
