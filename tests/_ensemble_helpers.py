@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -124,3 +127,54 @@ def write_zoo(path: Path, checkpoints: list[Path], letters: str, gaps: list[floa
     path.write_text(json.dumps({"models": models, "eliminated": []}, indent=2))
     return path
 
+
+
+# The official starter's inference.py, reduced to what it does with a MetaGraph: import it the
+# TF1 way in a fresh process, feed frames padded to 300, read the `predictions` collection.
+FRESH_PROCESS = textwrap.dedent("""
+    import json, sys
+    import numpy as np
+    import tensorflow as tf
+    meta, frames_path = sys.argv[1], sys.argv[2]
+    data = np.load(frames_path)
+    with tf.Graph().as_default(), tf.compat.v1.Session() as sess:  # as google/youtube-8m's inference.py
+        saver = tf.compat.v1.train.import_meta_graph(meta + ".meta", clear_devices=True)
+        saver.restore(sess, meta)
+        input_tensor = tf.compat.v1.get_collection("input_batch_raw")[0]
+        num_frames_tensor = tf.compat.v1.get_collection("num_frames")[0]
+        predictions_tensor = tf.compat.v1.get_collection("predictions")[0]
+        sess.run(tf.compat.v1.local_variables_initializer())
+        padded = np.zeros((len(data["frames"]), 300, 1152), np.float32)  # the starter pads to 300 frames
+        padded[:, :data["frames"].shape[1]] = data["frames"]
+        predictions = sess.run(predictions_tensor, {input_tensor: padded, num_frames_tensor: data["num_frames"]})
+    print(json.dumps(predictions.tolist()))
+""")
+
+
+def assert_the_starters_way_matches_the_csv(export_dir: Path, test_glob: str, work: Path) -> None:
+    """`jobs/infer.py`'s CSV for `export_dir` holds, for every test video, the top 20 classes of
+    what the starter's TF1 loading of the same MetaGraph predicts, in order, with its scores."""
+    from raytrain8m.commands import infer as infer_command
+    from raytrain8m.data.batches import iter_batches, to_model_inputs
+
+    csv = work / "submission.csv"
+    assert infer_command.main(["--model", str(export_dir), "--data", test_glob, "--out", str(csv)]) == 0
+    ids, frames, num_frames = [], [], []
+    for batch in iter_batches(test_glob, 1000):
+        f, n, _ = to_model_inputs(batch, NUM_CLASSES)
+        ids.extend(batch["id"]), frames.append(f), num_frames.append(n)
+    width = max(f.shape[1] for f in frames)
+    frames = np.concatenate([np.pad(f, ((0, 0), (0, width - f.shape[1]), (0, 0))) for f in frames])
+    np.savez(work / "inputs.npz", frames=frames, num_frames=np.concatenate(num_frames))
+    result = subprocess.run([sys.executable, "-c", FRESH_PROCESS, str(export_dir / "inference_model" / "inference_model"),
+                             str(work / "inputs.npz")], capture_output=True, text=True, check=True)
+    predictions = np.array(json.loads(result.stdout.strip().splitlines()[-1]))
+    lines = csv.read_text().splitlines()
+    assert lines[0] == "VideoId,LabelConfidencePairs" and len(lines) == len(ids) + 1
+    rows = {line.split(",")[0]: line.split(",")[1].split() for line in lines[1:]}
+    for video_id, scores in zip(ids, predictions):
+        pairs = rows[video_id]
+        labels, confidences = [int(x) for x in pairs[::2]], [float(x) for x in pairs[1::2]]
+        assert len(labels) == 20 and confidences == sorted(confidences, reverse=True)
+        assert sorted(labels) == sorted(np.argsort(-scores, kind="stable")[:20].tolist())
+        np.testing.assert_allclose(confidences, scores[labels], atol=2e-6)

@@ -4,14 +4,12 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import textwrap
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from _ensemble_helpers import random_checkpoint, tiny_config
-from raytrain8m.commands import infer as infer_command
+from _ensemble_helpers import FRESH_PROCESS, assert_the_starters_way_matches_the_csv, random_checkpoint, tiny_config
 from raytrain8m.checkpoint import load_checkpoint
 from raytrain8m.compress import built_size_mib, compress_checkpoint
 from raytrain8m.ensemble import member_from_checkpoint
@@ -57,57 +55,13 @@ def test_the_export_stores_big_tensors_as_float16_and_predicts_as_fp32_within_1e
     assert summary["size_mib"] == pytest.approx(sum(m.fp16_mib for m in two_members), abs=1e-3)
 
 
-FRESH_PROCESS = textwrap.dedent("""
-    import json, sys
-    import numpy as np
-    import tensorflow as tf
-    meta, frames_path = sys.argv[1], sys.argv[2]
-    data = np.load(frames_path)
-    with tf.Graph().as_default(), tf.compat.v1.Session() as sess:  # as google/youtube-8m's inference.py
-        saver = tf.compat.v1.train.import_meta_graph(meta + ".meta", clear_devices=True)
-        saver.restore(sess, meta)
-        input_tensor = tf.compat.v1.get_collection("input_batch_raw")[0]
-        num_frames_tensor = tf.compat.v1.get_collection("num_frames")[0]
-        predictions_tensor = tf.compat.v1.get_collection("predictions")[0]
-        sess.run(tf.compat.v1.local_variables_initializer())
-        padded = np.zeros((len(data["frames"]), 300, 1152), np.float32)  # the starter pads to 300 frames
-        padded[:, :data["frames"].shape[1]] = data["frames"]
-        predictions = sess.run(predictions_tensor, {input_tensor: padded, num_frames_tensor: data["num_frames"]})
-    print(json.dumps(predictions.tolist()))
-""")
 
 
 @pytest.mark.slow
 def test_the_metagraph_loaded_the_tf1_way_in_a_fresh_process_matches_the_infer_csv(
         two_members, synthetic_dir, tmp_path, ray_session):
-    from raytrain8m.data.batches import iter_batches, to_model_inputs
-
     out = export_ensemble(two_members, [0.6, 0.4], tmp_path / "export")
-    test_glob = str(synthetic_dir / "test*.tfrecord")
-    csv = tmp_path / "submission.csv"
-    assert infer_command.main(["--model", str(out), "--data", test_glob, "--out", str(csv)]) == 0
-
-    ids, frames, num_frames = [], [], []
-    for batch in iter_batches(test_glob, 1000):
-        f, n, _ = to_model_inputs(batch, 20)
-        ids.extend(batch["id"])
-        frames.append(f)
-        num_frames.append(n)
-    width = max(f.shape[1] for f in frames)
-    frames = np.concatenate([np.pad(f, ((0, 0), (0, width - f.shape[1]), (0, 0))) for f in frames])
-    np.savez(tmp_path / "inputs.npz", frames=frames, num_frames=np.concatenate(num_frames))
-    result = subprocess.run([sys.executable, "-c", FRESH_PROCESS, str(out / "inference_model" / "inference_model"),
-                             str(tmp_path / "inputs.npz")], capture_output=True, text=True, check=True)
-    predictions = np.array(json.loads(result.stdout.strip().splitlines()[-1]))
-
-    lines = csv.read_text().splitlines()
-    assert lines[0] == "VideoId,LabelConfidencePairs" and len(lines) == len(ids) + 1
-    rows = {line.split(",")[0]: line.split(",")[1].split() for line in lines[1:]}
-    for video_id, scores in zip(ids, predictions):
-        pairs = rows[video_id]
-        labels, confidences = [int(x) for x in pairs[::2]], [float(x) for x in pairs[1::2]]
-        assert len(labels) == 20 and confidences == sorted(confidences, reverse=True)
-        np.testing.assert_allclose(confidences, scores[labels], atol=2e-6)
+    assert_the_starters_way_matches_the_csv(out, str(synthetic_dir / "test*.tfrecord"), tmp_path)
 
 
 @pytest.mark.slow

@@ -2,16 +2,14 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from _ensemble_helpers import NUM_CLASSES, tiny_config, trained_members
+from _ensemble_helpers import NUM_CLASSES, assert_the_starters_way_matches_the_csv, tiny_config, trained_members
 from raytrain8m.checkpoint import load_checkpoint
-from raytrain8m.commands import ensemble as ensemble_command, infer as infer_command, sizes as sizes_command
+from raytrain8m.commands import ensemble as ensemble_command, sizes as sizes_command
 from raytrain8m.compress import built_size_mib, compress_checkpoint
 from raytrain8m.ensemble import member_from_checkpoint
 from raytrain8m.errors import ConfigError
@@ -127,33 +125,9 @@ def test_the_int8_export_holds_the_bytes_the_budget_counts(members, tmp_path):
 @pytest.mark.slow
 def test_the_starters_inference_path_runs_an_int8_export_and_matches_the_infer_csv(
         members, synthetic_dir, tmp_path, ray_session):
-    from raytrain8m.data.batches import iter_batches, to_model_inputs
-    from test_export import FRESH_PROCESS
-
     out = export_ensemble([member_from_checkpoint(path, precision="int8") for path in members], [0.6, 0.4],
                           tmp_path / "export")
-    test_glob = str(synthetic_dir / "test*.tfrecord")
-    csv = tmp_path / "submission.csv"
-    assert infer_command.main(["--model", str(out), "--data", test_glob, "--out", str(csv)]) == 0
-    ids, frames, num_frames = [], [], []
-    for batch in iter_batches(test_glob, 1000):
-        f, n, _ = to_model_inputs(batch, NUM_CLASSES)
-        ids.extend(batch["id"]), frames.append(f), num_frames.append(n)
-    width = max(f.shape[1] for f in frames)
-    frames = np.concatenate([np.pad(f, ((0, 0), (0, width - f.shape[1]), (0, 0))) for f in frames])
-    np.savez(tmp_path / "inputs.npz", frames=frames, num_frames=np.concatenate(num_frames))
-    result = subprocess.run([sys.executable, "-c", FRESH_PROCESS, str(out / "inference_model" / "inference_model"),
-                             str(tmp_path / "inputs.npz")], capture_output=True, text=True, check=True)
-    predictions = np.array(json.loads(result.stdout.strip().splitlines()[-1]))
-    lines = csv.read_text().splitlines()
-    assert lines[0] == "VideoId,LabelConfidencePairs" and len(lines) == len(ids) + 1
-    rows = {line.split(",")[0]: line.split(",")[1].split() for line in lines[1:]}
-    for video_id, scores in zip(ids, predictions):
-        pairs = rows[video_id]
-        labels, confidences = [int(x) for x in pairs[::2]], [float(x) for x in pairs[1::2]]
-        expected = np.argsort(-scores, kind="stable")[:20]
-        assert sorted(labels) == sorted(expected.tolist())
-        np.testing.assert_allclose(confidences, scores[labels], atol=2e-6)
+    assert_the_starters_way_matches_the_csv(out, str(synthetic_dir / "test*.tfrecord"), tmp_path)
 
 
 def test_a_budget_too_small_for_fp16_members_holds_them_at_int8(members, tmp_path):
