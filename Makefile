@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 test: install
-	$(PY) -m pytest -x -q -n 2 --dist loadfile --timeout=900 --durations=25 tests
+	$(PY) -m pytest -x -q --timeout=900 --durations=25 tests
 
 test-fast: install
 	$(PY) -m pytest -x -q -m "not slow" tests

@@ -408,7 +408,7 @@ def test_driver_killed_right_after_a_checkpoint_resumes_from_it_and_overwrites_n
     out = tmp_path / "runs"
     # Long enough (a few seconds of steps and checkpoints) that a test process starved of CPU by
     # other tests still sees checkpoint 20 before the driver ends by itself.
-    steps = 300
+    steps = 100
     flags = ["--cluster-size", "4", "--hidden-size", "16", "--classes", "20", "--iterations", "10",
              "--batch-size", "8", "--max-frames", "12", "--workers", "1", "--lr", "0.01",
              "--max-steps", str(steps), "--checkpoint-every", "10", "--eval-every", "0", "--log-every", "10",
