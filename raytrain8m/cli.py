@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import re
 from pathlib import Path
@@ -58,10 +59,16 @@ def add_verbose_flag(parser: argparse.ArgumentParser) -> None:
                              "and result; Ray's full logs: ray_logs in the run directory)")
 
 
-def console(verbose: bool, tensorflow: bool = False) -> None:
+LOG_NAMED = "%(levelname)s %(name)s: %(message)s"  # a command's log lines, by module
+LOG_PLAIN = "%(message)s"
+
+
+def console(verbose: bool, tensorflow: bool = False, log_format: str | None = None,
+            log_level: int = logging.INFO) -> None:
     """Quiet by default, verbose on request, for this process and the Ray workers it starts;
     call right after parsing flags, before TensorFlow or Ray is imported. `tensorflow`: the
-    command uses it, import it now without its start-up banner."""
+    command uses it, import it now without its start-up banner. `log_format`: the command's
+    own log lines go to the console in it, from `log_level` up."""
     import os
 
     from raytrain8m import localray
@@ -71,6 +78,8 @@ def console(verbose: bool, tensorflow: bool = False) -> None:
     localray.quiet_process(verbose)
     if tensorflow and not verbose:
         localray.import_tensorflow_quietly()
+    if log_format is not None:
+        logging.basicConfig(level=log_level, format=log_format)
 
 
 def check_output(path: str | os.PathLike, flag: str = "--out", directory: bool = True) -> None:

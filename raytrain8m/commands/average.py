@@ -17,11 +17,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from typing import Sequence
 
-from raytrain8m.cli import Parser, add_evaluation_flags
+from raytrain8m.cli import LOG_NAMED, Parser, add_evaluation_flags
 from raytrain8m.cli import add_verbose_flag, console
 from raytrain8m.errors import ConfigError, Raytrain8mError, fail
 
@@ -45,8 +44,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    console(args.verbose, tensorflow=True)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    console(args.verbose, tensorflow=True, log_format=LOG_NAMED)
     from raytrain8m import average
 
     try:

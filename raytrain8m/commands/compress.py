@@ -17,11 +17,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from typing import Sequence
 
-from raytrain8m.cli import Parser, add_evaluation_flags, add_verbose_flag, console
+from raytrain8m.cli import LOG_PLAIN, Parser, add_evaluation_flags, add_verbose_flag, console
 from raytrain8m.errors import Raytrain8mError, fail
 from raytrain8m.models.config import INT8_SCHEMES, MEMBER_PRECISIONS
 
@@ -41,8 +40,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    console(args.verbose, tensorflow=True)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    console(args.verbose, tensorflow=True, log_format=LOG_PLAIN)
     from raytrain8m.compress import compress_checkpoint
 
     try:

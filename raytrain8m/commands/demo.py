@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 
 from raytrain8m.demo import SCALES, run_demo
-from raytrain8m.cli import add_verbose_flag, console
+from raytrain8m.cli import LOG_NAMED, add_verbose_flag, console
 from raytrain8m.errors import Raytrain8mError, fail
 
 
@@ -33,8 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     add_verbose_flag(parser)
     args = parser.parse_args(argv)
-    console(args.verbose, tensorflow=True)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    console(args.verbose, tensorflow=True, log_format=LOG_NAMED)
     os.environ.setdefault("RAYTRAIN8M_RUNS", args.runs)  # the default MLflow store lives under --runs
     try:
         summary = run_demo(args.scale, args.data, args.runs, args.max_concurrent)

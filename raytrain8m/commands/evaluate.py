@@ -19,7 +19,7 @@ import logging
 import sys
 from typing import Sequence
 
-from raytrain8m.cli import Parser, add_skip_corrupt, positive_int
+from raytrain8m.cli import LOG_PLAIN, Parser, add_skip_corrupt, positive_int
 from raytrain8m.cli import add_verbose_flag, console
 from raytrain8m.errors import Raytrain8mError, fail
 
@@ -40,8 +40,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    console(args.verbose, tensorflow=True)
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    console(args.verbose, tensorflow=True, log_format=LOG_PLAIN, log_level=logging.WARNING)
     try:
         from raytrain8m.evaluate import evaluate_checkpoint
         metrics = evaluate_checkpoint(args.checkpoint, args.data, batch_size=args.batch_size,

@@ -36,11 +36,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from typing import Sequence
 
-from raytrain8m.cli import Parser, add_skip_corrupt
+from raytrain8m.cli import LOG_NAMED, Parser, add_skip_corrupt
 from raytrain8m.cli import add_verbose_flag, console
 from raytrain8m.errors import Raytrain8mError, fail
 
@@ -98,8 +97,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    console(args.verbose)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    console(args.verbose, log_format=LOG_NAMED)
     from raytrain8m import placement, sweep, sweep_records
     from raytrain8m.zoo import build_zoo
 

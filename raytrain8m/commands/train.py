@@ -23,12 +23,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import logging
 import sys
 from typing import Any, Sequence
 
 from raytrain8m import settings
-from raytrain8m.cli import Parser, check_output
+from raytrain8m.cli import LOG_PLAIN, Parser, check_output
 from raytrain8m.cli import add_verbose_flag, console
 from raytrain8m.errors import ConfigError, Raytrain8mError, fail
 from raytrain8m.models import NAME_FIELDS, ModelConfig
@@ -133,8 +132,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Train (or resume) what the parsed flags say; print the result as JSON."""
-    console(args.verbose, tensorflow=True)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    console(args.verbose, tensorflow=True, log_format=LOG_PLAIN)
     try:
         config = config_from_args(args)
         check_output(config.resolved().out)
