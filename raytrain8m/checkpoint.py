@@ -61,7 +61,7 @@ def _write_json(path: Path, payload: Any) -> None:
 def save_checkpoint(directory: str | os.PathLike, config: ModelConfig,
                     tensors: Mapping[str, Any], step: int, state: Mapping[str, Any] | None = None) -> Path:
     """Write a checkpoint directory atomically (a temporary sibling renamed when complete)."""
-    import tensorflow as tf
+    from raytrain8m.lazy import tensorflow as tf
 
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
@@ -94,7 +94,7 @@ def read_state(directory: str | os.PathLike) -> dict[str, Any]:
 
 def load_checkpoint(directory: str | os.PathLike, weights_only: bool = False) -> Checkpoint:
     """Read a checkpoint directory; `weights_only` skips optimizer slots."""
-    import tensorflow as tf
+    from raytrain8m.lazy import tensorflow as tf
 
     directory = Path(directory)
     if not directory.is_dir():

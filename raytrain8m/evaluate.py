@@ -6,7 +6,7 @@ import os
 from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
-import tensorflow as tf
+from raytrain8m.lazy import tensorflow as tf
 from tqdm import tqdm
 
 from raytrain8m.checkpoint import Checkpoint, load_checkpoint

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
-import tensorflow as tf
+from raytrain8m.lazy import tensorflow as tf
 
 from raytrain8m import atomic
 from raytrain8m.average import model_tensors

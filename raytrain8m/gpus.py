@@ -50,7 +50,7 @@ def visible_gpus(where: str) -> list[str]:
     import os
 
     import ray
-    import tensorflow as tf
+    from raytrain8m.lazy import tensorflow as tf
 
     gpus = [gpu.name for gpu in tf.config.list_physical_devices("GPU")]
     if not gpus:

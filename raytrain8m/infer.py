@@ -43,7 +43,7 @@ Predict = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 def load_model(model_dir: str | os.PathLike, source: str = "saved_model") -> Predict:
     """(frames, num_frames) → predictions from an export: its SavedModel or its TF1 MetaGraph."""
-    import tensorflow as tf
+    from raytrain8m.lazy import tensorflow as tf
 
     model_dir = Path(model_dir)
     if source == "saved_model":

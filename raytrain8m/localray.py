@@ -95,15 +95,15 @@ def _quiet_ray_loggers() -> None:
 
 def import_tensorflow_quietly() -> None:
     """Import TensorFlow with the process's stderr closed: TF 2.21 writes its cudart/CPU-feature
-    banner through absl before any log level applies. An import error is still raised."""
-    if "tensorflow" in sys.modules:
-        return
+    banner through absl before any log level applies. An import error is still raised.
+    (`raytrain8m.lazy` may hold TensorFlow not yet loaded: reading an attribute loads it here.)"""
     sys.stderr.flush()
     saved = os.dup(2)
     try:
         with open(os.devnull, "w") as devnull:
             os.dup2(devnull.fileno(), 2)
-            import tensorflow  # noqa: F401
+            from raytrain8m.lazy import tensorflow
+            tensorflow.__version__  # noqa: B018
     finally:
         os.dup2(saved, 2)
         os.close(saved)

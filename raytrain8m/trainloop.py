@@ -19,7 +19,7 @@ from typing import Any, Iterator
 
 import keras
 import numpy as np
-import tensorflow as tf
+from raytrain8m.lazy import tensorflow as tf
 
 from raytrain8m import compat
 from raytrain8m.checkpoint import (EMA_PREFIX, OPTIMIZER_PREFIX, check_same_model, is_checkpoint,

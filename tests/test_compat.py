@@ -68,3 +68,20 @@ def test_keras_still_sums_gradients_in_the_hook_we_skip():
     assert issubclass(adam, keras.optimizers.Adam)
     with pytest.raises(RuntimeError, match=compat.KERAS_GRADIENT_SUM):
         compat.without_gradient_sum(object)
+
+
+def test_tensorflow_loads_with_scikit_learn_and_pandas_hidden_and_both_import_after():
+    """raytrain8m.lazy hides them while TensorFlow loads (Keras imports them only if present,
+    ≈3 s of the import); a Keras that needed them would fail here, and every worker with it."""
+    import subprocess
+    import sys
+
+    probe = ("import sys\n"
+             "from raytrain8m.lazy import tensorflow as tf\n"
+             "tf.constant(1)\n"
+             "loaded = sorted(name for name in ('sklearn', 'pandas') if name in sys.modules)\n"
+             "import sklearn, pandas\n"
+             "print(loaded, sklearn.__name__, pandas.__name__)\n")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.splitlines()[-1] == "[] sklearn pandas"
