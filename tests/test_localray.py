@@ -1,52 +1,19 @@
 """The local Ray policy (raytrain8m/localray.py): loopback listeners, token auth, a quiet console."""
 from __future__ import annotations
 
-import ipaddress
 import os
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
 import psutil
 import pytest
 
+import _ray_helpers
 from raytrain8m import localray
 from raytrain8m.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _listeners() -> dict[tuple[str, int], str]:
-    """{(ip, port): process name} of every TCP listener of this process and its descendants
-    (the local Ray's GCS, raylet, agents and workers all descend from the driver)."""
-    found = {}
-    me = psutil.Process()
-    for process in [me, *me.children(recursive=True)]:
-        try:
-            connections = process.net_connections(kind="tcp")
-            name = process.name()
-            if name.startswith("ray::"):  # the kernel's name is cut at 15 characters; the title is not
-                name = process.cmdline()[0].split()[0]
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
-        for connection in connections:
-            if connection.status == psutil.CONN_LISTEN:
-                found[(connection.laddr.ip, connection.laddr.port)] = name
-    return found
-
-
-def _is_loopback(ip: str) -> bool:
-    address = ipaddress.ip_address(ip.split("%")[0])
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
-        address = address.ipv4_mapped
-    return address.is_loopback
-
-
-def _ray_processes() -> list[psutil.Process]:
-    return [p for p in psutil.Process().children(recursive=True)
-            if p.name() in ("gcs_server", "raylet") or p.name().startswith("ray::")]
 
 
 def test_refuses_a_local_ray_without_token_auth(monkeypatch):
@@ -76,15 +43,15 @@ def test_local_ray_listens_on_loopback_only_with_token_auth(ray_session):
         return os.getpid()
 
     worker = ray_session.get(pid.remote())
-    listeners = _listeners()
+    listeners = _ray_helpers.listeners()
     names = set(listeners.values())
     assert {"gcs_server", "raylet"} <= names, listeners  # Ray's own servers were found at all
     assert any(name.startswith("ray::") for name in names), listeners  # and its agents/workers
     assert psutil.pid_exists(worker)
-    outside = {key: name for key, name in listeners.items() if not _is_loopback(key[0])}
+    outside = {key: name for key, name in listeners.items() if not _ray_helpers.is_loopback(key[0])}
     assert not outside, f"listening beyond loopback: {outside}"
     checked = set()
-    for process in _ray_processes():  # token auth is on in every Ray process whose environment
+    for process in _ray_helpers.ray_processes():  # token auth is on in every Ray process whose environment
         environment = process.environ()  # is readable (a retitled process's may read empty)
         if environment:
             assert environment.get("RAY_AUTH_MODE") == "token", process.name()
@@ -129,37 +96,3 @@ def test_the_run_directory_links_ray_s_session_logs_and_raylet_chatter_is_droppe
         worker.print_worker_logs(batch, sys.stdout, False)
     out = capsys.readouterr().out
     assert "a worker died" in out and "worker processes have been started" not in out
-
-
-@pytest.mark.slow
-def test_a_training_run_listens_beyond_loopback_only_through_tensorflow(ray_session, synthetic_dir, tmp_path):
-    """The one listener left beyond loopback: TF's MultiWorker gRPC server in each Ray Train
-    worker (TF binds all interfaces and has no bind setting); README's security notes say so."""
-    from raytrain8m.models import ModelConfig
-    from raytrain8m.train import TrainConfig, fit
-
-    config = TrainConfig(model=ModelConfig(cluster_size=4, hidden_size=16, num_classes=20, iterations=10),
-                         train_data=str(synthetic_dir / "train*.tfrecord"),
-                         validate_data=str(synthetic_dir / "validate*.tfrecord"), batch_size=4, max_steps=12,
-                         checkpoint_every=12, eval_every=0, log_every=12, max_frames=12, num_workers=2,
-                         out=str(tmp_path / "train"), run_name="listen",
-                         tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
-    seen: dict[tuple[str, int], str] = {}
-    done = threading.Event()
-
-    def watch() -> None:
-        while not done.is_set():
-            seen.update(_listeners())
-            time.sleep(0.2)
-
-    watcher = threading.Thread(target=watch, daemon=True)
-    watcher.start()
-    try:
-        result = fit(config, resources_per_worker={"CPU": 0.5})
-    finally:
-        done.set()
-        watcher.join()
-    assert result.checkpoints
-    assert any(name.startswith("ray::RayTrainWorker") for name in seen.values()), seen
-    outside = {key: name for key, name in seen.items() if not _is_loopback(key[0])}
-    assert all(name.startswith("ray::RayTrainWorker") for name in outside.values()), f"beyond loopback: {outside}"
