@@ -313,7 +313,7 @@ def test_sweep_job_on_two_node_cluster_writes_runs_to_mlflow_server(ray_cluster,
     data = request.getfixturevalue("t4_batch_data")
     out = tmp_path / "sweep"  # one machine: a local path is shared storage for both nodes
     _submit(ray_cluster, mlflow_server,
-            ["python", "jobs/sweep.py", "--grid", "K4-H16,K8-H16", "--classes", "20",
+            ["python", "jobs/sweep.py", "--grid", "K4-H16", "--classes", "20",  # one trial: a minute of CPU
              "--train-data", str(data / "train*.tfrecord"),
              "--validate-data", str(data / "validate*.tfrecord"),
              "--out", str(out), "--max-steps", "4", "--checkpoint-every", "2",
@@ -325,7 +325,7 @@ def test_sweep_job_on_two_node_cluster_writes_runs_to_mlflow_server(ray_cluster,
     assert experiment is not None, "the sweep wrote nothing to the MLflow server"
     runs = client.search_runs([experiment.experiment_id])
     measured = [run for run in runs if run.data.metrics]
-    assert len(measured) >= 2, f"expected a run per grid cell, got {[r.info.run_name for r in runs]}"
-    described = " ".join(f"{run.info.run_name} {run.data.params} {run.data.tags}" for run in runs)
-    for cell in ("K4-H16", "K8-H16"):
-        assert cell in described, f"no MLflow run names {cell}"
+    assert [run.info.run_name for run in measured if run.info.run_name == "K4-H16"], \
+        f"no measured MLflow run of the grid's cell: {[(r.info.run_name, r.data.tags) for r in runs]}"
+    trial = next(run for run in measured if run.info.run_name == "K4-H16")
+    assert trial.data.params["gpu_type"] == "T4"  # placed by the node's label
