@@ -8,6 +8,7 @@ worker-side record (`train.ERROR_JSON`) still gives the driver the error.
 """
 from __future__ import annotations
 
+import functools
 import logging
 
 import ray
@@ -16,7 +17,6 @@ from raytrain8m import compat
 from raytrain8m.errors import Raytrain8mError
 
 log = logging.getLogger(__name__)
-DefaultFailurePolicy, FailureDecision = compat.default_failure_policy()
 
 
 def own_error(error: BaseException | None) -> Raytrain8mError | None:
@@ -38,21 +38,35 @@ def own_error(error: BaseException | None) -> Raytrain8mError | None:
     return None
 
 
-class NoRetryForOwnErrors(DefaultFailurePolicy):
-    """Ray Train's default policy, except that our own (deterministic) errors are not retried."""
+@functools.cache
+def no_retry_policy() -> type:
+    """`NoRetryForOwnErrors`: Ray Train's default policy, except that our own (deterministic)
+    errors are not retried. Built on first use, as it extends Train V2's private default class:
+    a Ray without it fails `install()` (no policy, faults and errors both retried), not every
+    import of this module (the training loop's among them, for `own_error`)."""
+    default_policy, decision = compat.default_failure_policy()
 
-    def make_decision(self, training_failed_error):
-        error = own_error(training_failed_error)
-        if error is not None:
-            log.info("not retrying a deterministic error: %s", error)
-            return FailureDecision.RAISE
-        return super().make_decision(training_failed_error)
+    class NoRetryForOwnErrors(default_policy):
+        def make_decision(self, training_failed_error):
+            error = own_error(training_failed_error)
+            if error is not None:
+                log.info("not retrying a deterministic error: %s", error)
+                return decision.RAISE
+            return super().make_decision(training_failed_error)
+
+    return NoRetryForOwnErrors
 
 
 def _create_failure_policy(failure_config):
-    return NoRetryForOwnErrors(failure_config)
+    return no_retry_policy()(failure_config)
 
 
 def install() -> bool:
-    """Make Ray Train trainers created in this process use `NoRetryForOwnErrors`."""
+    """Make Ray Train trainers created in this process use `no_retry_policy()`; False (and a
+    warning) where this Ray lacks what it needs."""
+    try:
+        no_retry_policy()
+    except ImportError as error:
+        log.warning("Ray Train will retry our own errors too: %s", error)
+        return False
     return compat.install_failure_policy(_create_failure_policy)

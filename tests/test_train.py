@@ -355,13 +355,13 @@ def test_our_own_errors_are_not_retried_and_faults_are():
     from ray.train.v2.api.exceptions import WorkerGroupError
 
     from raytrain8m.data.schema import DataError
-    from raytrain8m.failures import NoRetryForOwnErrors, own_error
+    from raytrain8m.failures import no_retry_policy, own_error
 
     original = DataError("/data/train0001.tfrecord", 3, "data CRC mismatch")
     wrapped = ray.exceptions.RayTaskError("SplitCoordinator.get", "Traceback …", original).as_instanceof_cause()
     assert isinstance(wrapped, DataError) and str(wrapped) != str(original)  # its text: Ray's traceback
     assert str(own_error(wrapped)) == "/data/train0001.tfrecord, record 3: data CRC mismatch"
-    policy = NoRetryForOwnErrors(FailureConfig(max_failures=3))
+    policy = no_retry_policy()(FailureConfig(max_failures=3))
     assert policy.make_decision(WorkerGroupError("w", {1: wrapped})) == FailureDecision.RAISE
     assert policy.make_decision(WorkerGroupError("w", {0: RuntimeError("node died")})) == FailureDecision.RETRY
 
