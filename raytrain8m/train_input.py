@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from typing import Any, Callable, Iterator
+from typing import Iterator
 
 import numpy as np
 
@@ -41,15 +41,15 @@ _END = object()  # the source is exhausted
 
 
 class Prefetcher:
-    """`source`'s items, each passed through `convert`, made up to `depth` ahead in a thread that
-    starts at once; the source's error is raised where the item would have been. `close()` (or
-    the end of a `with` block) stops the thread, consumed or not, and ends the iteration."""
+    """`source`'s items, made up to `depth` ahead in a thread that starts at once; the source's
+    error is raised where the item would have been. `close()` (or the end of a `with` block)
+    stops the thread, consumed or not, and ends the iteration."""
 
-    def __init__(self, source: Iterator[tuple], depth: int, convert: Callable[[Any], Any] | None = None):
+    def __init__(self, source: Iterator[tuple], depth: int):
         self._ready: queue.Queue = queue.Queue(maxsize=max(1, depth))
         self._stop = threading.Event()
         self._done = False
-        self._thread = threading.Thread(target=self._produce, args=(source, convert),
+        self._thread = threading.Thread(target=self._produce, args=(source,),
                                         name="raytrain8m-prefetch", daemon=True)
         self._thread.start()
 
@@ -62,10 +62,10 @@ class Prefetcher:
                 continue
         return False
 
-    def _produce(self, source: Iterator[tuple], convert) -> None:
+    def _produce(self, source: Iterator[tuple]) -> None:
         try:
             for item in source:
-                if not self._put((tuple(map(convert, item)) if convert else item, None)):
+                if not self._put((item, None)):
                     return
             self._put((_END, None))
         except BaseException as error:  # handed to the consumer, raised there

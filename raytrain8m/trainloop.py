@@ -368,15 +368,16 @@ def _train(config: TrainConfig, reading: Iterator[tuple] | None = None) -> None:
                  strategy.num_replicas_in_sync, config.global_batch_size)
 
     train_step = make_train_step(model, optimizer, strategy, config, ema)
-    data = reading if reading is not None else batches(ray.train.get_dataset_shard("train"), config, rank)
-    if config.prefetch_batches:  # converted to tensors ahead, in a thread, while the step runs
-        data = Prefetcher(data, config.prefetch_batches, tf.convert_to_tensor)
+    # Read ahead in a thread while the step runs: the worker's entry started it (`reading`), or
+    # it starts here. One thread and `prefetch_batches` batches, converted to tensors as taken.
+    data = reading if reading is not None else Prefetcher(
+        batches(ray.train.get_dataset_shard("train"), config, rank), config.prefetch_batches)
     teacher = load_teacher(config)
     global_batch = config.global_batch_size
     started, window_start, window_losses = time.perf_counter(), time.perf_counter(), []
     while step < config.max_steps:
         _maybe_crash(config, rank, step)
-        frames, num_frames, labels = next(data)
+        frames, num_frames, labels = (tf.convert_to_tensor(array) for array in next(data))
         if teacher is not None:  # soft targets from the teacher on the same (dequantized) frames
             labels = distill_targets(teacher, config, dequantize(np.asarray(frames)), np.asarray(num_frames),
                                      np.asarray(labels, np.float32))
