@@ -26,7 +26,7 @@ import json
 import sys
 from typing import Any, Sequence
 
-from raytrain8m import settings
+from raytrain8m import localray, settings
 from raytrain8m.cli import LOG_PLAIN, Parser, check_output
 from raytrain8m.cli import add_verbose_flag, console
 from raytrain8m.errors import ConfigError, Raytrain8mError, fail
@@ -136,6 +136,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         config = config_from_args(args)
         check_output(config.resolved().out)
+        if settings.ray_address() == "local":
+            localray.check_auth()  # at once, not after --smoke has made its data
         if args.smoke:
             config = _smoke_data(config)
         _check_resume(config, args.resume)
