@@ -56,8 +56,8 @@ def test_tiny_demo_runs_every_stage_and_writes_every_artefact(tmp_path):
     ensemble = summary["ensemble"]
     assert ensemble["size_mib"] <= summary["budget_mib"]
     assert abs(sum(ensemble["weights"]) - 1) < 1e-6
-    best_member = max(m["averaged_gap"] if m["averaged_gap"] is not None else m["best_single_gap"] for m in zoo["models"])
-    assert ensemble["validate_gap"] >= best_member - 1e-9  # the search includes every single member
+    # chosen on one half of the holdout, reported on the other (its GAP there is measured, not copied)
+    assert ensemble["report_gap"] is not None and 0 < ensemble["report_gap"] <= 1
     export = out / "ensemble"
     for name in ("inference_model/inference_model.meta", "inference_model/inference_model.index",
                  "model_flags.json", "ensemble.json", "saved_model/saved_model.pb"):

@@ -82,7 +82,10 @@ def test_a_missing_checkpoint_is_an_error_and_writes_nothing(members, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_tune_weights_stays_on_the_simplex_and_never_loses_to_equal_weights(tmp_path):
+def test_tune_weights_stays_on_the_simplex_and_moves_off_equal_weights_when_one_member_is_noise(tmp_path):
+    # Built so that equal weights must lose: `good` ranks every positive first (GAP 1.0 alone),
+    # `noise` ranks at random, and their mean (GAP ≈ 0.68) mixes noise into each video's top 20.
+    # A tuner that stayed at equal weights, its starting point, fails here.
     rng = np.random.default_rng(0)
     labels = (rng.random((200, 20)) < 0.1).astype(np.float32)
     good = np.clip(labels * 0.6 + rng.random((200, 20)) * 0.5, 0, 1).astype(np.float32)
@@ -90,7 +93,9 @@ def test_tune_weights_stays_on_the_simplex_and_never_loses_to_equal_weights(tmp_
     cached = PredictionStore.from_arrays(tmp_path / "store", [good, noise], labels)
     weights, gap = tune_weights(cached)
     assert sum(weights) == pytest.approx(1) and min(weights) >= 0
-    assert gap >= cached.gap([0.5, 0.5]) and weights[0] > weights[1]
+    assert cached.gap([1.0, 0.0]) == pytest.approx(1.0) and cached.gap([0.5, 0.5]) < 0.8
+    assert weights[0] > weights[1] and gap == pytest.approx(cached.gap(weights))
+    assert gap == pytest.approx(cached.gap([1.0, 0.0]))  # as good as the good member alone
 
 
 def test_search_ranks_the_zoo_combinations_that_fit_the_budget(members, validate, tmp_path):

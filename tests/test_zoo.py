@@ -66,9 +66,16 @@ def test_zoo_json_round_trip_and_table(tmp_path):
     assert "K24-H1440 (A)" in table and "eliminated (inferior): K20-H1600, K32-H1024" in table
 
 
-def test_pareto_plot_is_written(tmp_path):
-    path = plot_pareto(Zoo.build(paper_like()), tmp_path / "pareto.png")
-    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+def test_pareto_plot_draws_the_zoo_it_is_given(tmp_path):
+    import matplotlib.image
+    import numpy as np
+
+    image = matplotlib.image.imread(plot_pareto(Zoo.build(paper_like()), tmp_path / "pareto.png"))
+    assert image.shape[0] >= 300 and image.shape[1] >= 400
+    assert len(np.unique(image.reshape(-1, image.shape[-1]), axis=0)) > 10  # drawn, not a blank canvas
+    again = matplotlib.image.imread(plot_pareto(Zoo.build(paper_like()), tmp_path / "again.png"))
+    fewer = matplotlib.image.imread(plot_pareto(Zoo.build(paper_like()[:3]), tmp_path / "fewer.png"))
+    assert np.array_equal(again, image) and not np.array_equal(fewer, image)  # the zoo's points, drawn alike
 
 
 def test_zoo_job_pins_a_letter_and_prints_json(tmp_path):
