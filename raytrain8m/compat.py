@@ -142,6 +142,7 @@ def filter_raylet_messages(drop: Callable[[str], bool]) -> bool:
             original({**data, "lines": lines}, ignore_prefix=ignore_prefix)
 
     filtered.raytrain8m_filtered = True
+    filtered.__wrapped__ = original
     worker.print_to_stdstream = filtered
     return True
 

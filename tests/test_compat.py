@@ -50,7 +50,8 @@ def test_train_v2_internals_we_read_are_where_we_read_them():
 def test_the_raylet_message_filter_drops_only_what_it_is_told(monkeypatch, capsys):
     from ray._private import worker
 
-    monkeypatch.setattr(worker, "print_to_stdstream", worker.print_to_stdstream)
+    installed = worker.print_to_stdstream  # Ray's own, or a filter an earlier test's local Ray installed
+    monkeypatch.setattr(worker, "print_to_stdstream", getattr(installed, "__wrapped__", installed))
     assert compat.filter_raylet_messages(lambda line: "chatter" in line)
     assert compat.filter_raylet_messages(lambda line: False)  # a second install keeps the first
     message = {"lines": ["some chatter", "a real failure"], "pid": "raylet", "ip": "127.0.0.1",
