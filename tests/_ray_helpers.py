@@ -18,7 +18,8 @@ def listeners() -> dict[tuple[str, int], str]:
             connections = process.net_connections(kind="tcp")
             name = process.name()
             if name.startswith("ray::"):  # the kernel's name is cut at 15 characters; the title is not
-                name = process.cmdline()[0].split()[0]
+                title = (process.cmdline() or [""])[0].split()  # empty while a process exits
+                name = title[0] if title else name
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
         for connection in connections:
@@ -44,13 +45,17 @@ class ListenerWatch:
 
     def __init__(self) -> None:
         self.seen: dict[tuple[str, int], str] = {}
+        self.error: BaseException | None = None
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._watch, daemon=True)
 
     def _watch(self) -> None:
-        while not self._done.is_set():
-            self.seen.update(listeners())
-            time.sleep(0.2)
+        try:
+            while not self._done.is_set():
+                self.seen.update(listeners())
+                time.sleep(0.2)
+        except BaseException as error:  # raised again by __exit__, not lost with the thread
+            self.error = error
 
     def __enter__(self) -> "ListenerWatch":
         self._thread.start()
@@ -59,4 +64,6 @@ class ListenerWatch:
     def __exit__(self, *exc) -> None:
         self._done.set()
         self._thread.join()
+        if self.error is not None:
+            raise self.error
         self.seen.update(listeners())
