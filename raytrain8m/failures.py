@@ -57,16 +57,12 @@ def no_retry_policy() -> type:
     return NoRetryForOwnErrors
 
 
-def _create_failure_policy(failure_config):
-    return no_retry_policy()(failure_config)
-
-
 def install() -> bool:
     """Make Ray Train trainers created in this process use `no_retry_policy()`; False (and a
     warning) where this Ray lacks what it needs."""
     try:
-        no_retry_policy()
+        policy = no_retry_policy()
     except ImportError as error:
         log.warning("Ray Train will retry our own errors too: %s", error)
         return False
-    return compat.install_failure_policy(_create_failure_policy)
+    return compat.install_failure_policy(policy)  # the class is the factory: policy(failure_config)

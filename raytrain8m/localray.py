@@ -199,7 +199,10 @@ def link_logs(run_dir: str | os.PathLike) -> Path | None:
 
 
 def check_auth() -> None:
-    """Refuse a local Ray without token auth (a Ray worker runs any code it is sent)."""
+    """Refuse to start a local Ray without token auth (a Ray worker runs any code it is sent).
+    Joining RAY_ADDRESS needs no check here: that cluster's own auth applies."""
+    if settings.ray_address() != "local":
+        return
     mode = os.environ.get(AUTH_MODE, "").strip().lower()
     if mode not in ("", "token"):
         raise ConfigError(f"{AUTH_MODE}={os.environ[AUTH_MODE]}: raytrain8m starts a local Ray only with token "
@@ -236,8 +239,7 @@ def start(num_cpus: int | None = None, num_gpus: int | None = None, verbose: boo
     address = settings.ray_address()
     job_env = set(os.environ)  # on a cluster: what the job's own runtime env already sets
     env = console_env(verbose)
-    if address == "local":
-        check_auth()
+    check_auth()
     import ray
 
     if ray.is_initialized():

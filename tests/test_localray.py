@@ -17,6 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_refuses_a_local_ray_without_token_auth(monkeypatch):
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)  # a local Ray, the one this check guards
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
     with pytest.raises(ConfigError, match="RAY_AUTH_MODE=disabled"):
         localray.check_auth()

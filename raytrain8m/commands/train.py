@@ -136,8 +136,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         config = config_from_args(args)
         check_output(config.resolved().out)
-        if settings.ray_address() == "local":
-            localray.check_auth()  # at once, not after --smoke has made its data
+        localray.check_auth()  # at once, not after --smoke has made its data
         if args.smoke:
             config = _smoke_data(config)
         _check_resume(config, args.resume)
