@@ -27,6 +27,7 @@ STATE_JSON = "state.json"
 OPTIMIZER_PREFIX = "optimizer/"
 FILES_KEY = "files"  # in state.json: {file name: size} of the checkpoint's other files
 EMA_PREFIX = "ema/"
+SCORES_KEY = "scores"  # in state.json: {holdout.data_key: metrics} that training scored it on
 
 
 @dataclasses.dataclass
@@ -76,6 +77,13 @@ def save_checkpoint(directory: str | os.PathLike, config: ModelConfig,
         files = {path.name: path.stat().st_size for path in sorted(staging.iterdir())}
         _write_json(staging / STATE_JSON, {"step": int(step), **dict(state or {}), FILES_KEY: files})
     return directory
+
+
+def recorded_score(directory: str | os.PathLike, key: str) -> dict[str, float] | None:
+    """The metrics training recorded in this checkpoint's state.json (`SCORES_KEY`) for the data
+    `key` names (`holdout.data_key`), or None."""
+    score = read_state(directory).get(SCORES_KEY, {}).get(key)
+    return dict(score) if isinstance(score, dict) and "gap" in score else None
 
 
 def read_config(directory: str | os.PathLike) -> ModelConfig:

@@ -14,6 +14,7 @@ holds out N; `--holdout 0` trains on the train files only and scores on every va
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -80,6 +81,18 @@ class Split:
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic.write_json(path, self.to_dict())
         return path
+
+
+def data_key(data: str | Sequence[str], max_batches: int | None = None) -> str:
+    """What a score was measured on: each file's content identity (size, mtime, a hash of its head
+    and tail; `files.file_identity`) and how many batches. A file rewritten since, or another
+    file set, gives another key; the same files under other paths give the same one."""
+    from raytrain8m.data.files import expand, file_identity
+
+    filesystem, files = expand(data)
+    identities = sorted(json.dumps(file_identity(filesystem, path), sort_keys=True) for path in files)
+    text = json.dumps({"files": identities, "max_batches": max_batches or None})
+    return hashlib.sha1(text.encode()).hexdigest()[:20]
 
 
 def load_split(path: str | os.PathLike) -> Split | None:

@@ -6,6 +6,13 @@ best, then each model's choice on the report files. Every one of these is an ind
 at once as the cluster holds (a fraction of a GPU each where there are GPUs, a CPU each on a
 local Ray), or one after another in this process (`parallel=False`, or no Ray running).
 Both give the same GAPs: the same weights and the same deterministic forward pass.
+
+Training scores its own checkpoints first: rank 0 evaluates each checkpoint it writes on the
+run's `choose` files (its split.json) and records the metrics in the checkpoint's state.json
+(`checkpoint.SCORES_KEY`), keyed by `holdout.data_key` of those files. The zoo reads such a
+score instead of evaluating the checkpoint again when the key matches (the same content, the
+whole files), so it evaluates only what training could not: averaged ranges, EMA weights and
+the report files.
 """
 from __future__ import annotations
 
@@ -76,6 +83,7 @@ class Timing:
     evaluations: int = 0
     evaluation_s: float = 0.0
     wall_s: float = 0.0
+    from_training: int = 0  # checkpoint scores read from their state.json instead of evaluated
 
     def add(self, results: Sequence[dict], wall_s: float) -> None:
         self.evaluations += len(results)
@@ -84,8 +92,8 @@ class Timing:
 
     def describe(self) -> str:
         speedup = self.evaluation_s / self.wall_s if self.wall_s else 0.0
-        return (f"{self.evaluations} evaluations: {self.evaluation_s:.1f} s of evaluation in "
-                f"{self.wall_s:.1f} s wall ({speedup:.1f}x)")
+        return (f"{self.from_training} checkpoint scores from training, {self.evaluations} evaluations: "
+                f"{self.evaluation_s:.1f} s of evaluation in {self.wall_s:.1f} s wall ({speedup:.1f}x)")
 
     def to_dict(self) -> dict:
         return {**dataclasses.asdict(self), "speedup": self.evaluation_s / self.wall_s if self.wall_s else 0.0}

@@ -22,7 +22,7 @@ import numpy as np
 from raytrain8m.lazy import tensorflow as tf
 
 from raytrain8m import compat
-from raytrain8m.checkpoint import (EMA_PREFIX, OPTIMIZER_PREFIX, check_same_model, is_checkpoint,
+from raytrain8m.checkpoint import (EMA_PREFIX, OPTIMIZER_PREFIX, SCORES_KEY, check_same_model, is_checkpoint,
                                    list_checkpoints, load_checkpoint, read_state, save_checkpoint)
 from raytrain8m.data import DataError, dequantize
 from raytrain8m.data.batches import to_step_inputs
@@ -206,15 +206,41 @@ def restore(model, optimizer, config: TrainConfig, directory: str,
 
 def evaluate_snapshot(config: TrainConfig, tensors: dict[str, np.ndarray]) -> dict[str, float]:
     """Validate-split metrics from a fresh, non-distributed copy of the weights (rank 0 only)."""
+    metrics = _evaluate_tensors(config, tensors, config.validate_data, config.eval_batches or None)
+    names = {"examples": "eval_videos", "skipped_records": "eval_skipped_records"}
+    return {names.get(key, key): float(value) for key, value in metrics.items() if isinstance(value, (int, float))}
+
+
+def _evaluate_tensors(config: TrainConfig, tensors: dict[str, np.ndarray], data, max_batches: int | None) -> dict:
     from raytrain8m.evaluate import evaluate, model_from_tensors, predictor
 
     if tf.distribute.has_strategy():
-        raise TrainingError("evaluate_snapshot must run outside the training strategy's scope")
-    metrics = evaluate(predictor(model_from_tensors(config.model, tensors)), config.validate_data,
-                       config.model.num_classes, batch_size=256, max_batches=config.eval_batches or None,
-                       progress=False, skip_corrupt=config.skip_corrupt)
-    names = {"examples": "eval_videos", "skipped_records": "eval_skipped_records"}
-    return {names.get(key, key): float(value) for key, value in metrics.items() if isinstance(value, (int, float))}
+        raise TrainingError("evaluations must run outside the training strategy's scope")
+    return evaluate(predictor(model_from_tensors(config.model, tensors)), data, config.model.num_classes,
+                    batch_size=256, max_batches=max_batches, progress=False, skip_corrupt=config.skip_corrupt)
+
+
+class HoldoutScorer:
+    """Rank 0 scores each checkpoint it writes on the run's `choose` files (split.json), whole,
+    as the zoo would: the zoo then reads the score from state.json (`scoring.SCORES_KEY`) instead
+    of loading and evaluating the checkpoint again. No split.json: nothing to score on."""
+
+    def __init__(self, config: TrainConfig):
+        from raytrain8m.holdout import SPLIT_JSON, data_key, load_split
+
+        split = load_split(Path(config.out) / config.run_name / SPLIT_JSON)
+        self.files = list(split.choose) if split is not None else None
+        self.key = data_key(self.files) if self.files else None
+
+    def score(self, config: TrainConfig, tensors: dict[str, np.ndarray]) -> dict[str, dict] | None:
+        """{data key: metrics} for state.json, or None (no split, or records were skipped)."""
+        if self.key is None:
+            return None
+        metrics = _evaluate_tensors(config, tensors, self.files, None)
+        if metrics.get("skipped_records"):  # not what the zoo, which skips nothing, would measure
+            return None
+        return {self.key: {name: float(value) for name, value in metrics.items()
+                           if isinstance(value, (int, float)) and value is not None}}
 
 
 def first_non_finite(losses: list) -> int | None:
@@ -367,6 +393,7 @@ def _train(config: TrainConfig, reading: Iterator[tuple] | None = None) -> None:
                  "resuming" if step else "starting", config.model.name, step, config.max_steps,
                  strategy.num_replicas_in_sync, config.global_batch_size)
 
+    scorer = HoldoutScorer(config) if rank == 0 else None
     train_step = make_train_step(model, optimizer, strategy, config, ema)
     # Read ahead in a thread while the step runs: the worker's entry started it (`reading`), or
     # it starts here. One thread and `prefetch_batches` batches, converted to tensors as taken.
@@ -397,6 +424,7 @@ def _train(config: TrainConfig, reading: Iterator[tuple] | None = None) -> None:
                    "examples_per_sec": len(window_losses) * global_batch / max(elapsed, 1e-9),
                    "learning_rate": float(optimizer.learning_rate.numpy())}
         tensors = snapshot(model, optimizer, ema) if do_checkpoint or do_eval else None
+        scores = None
         if tensors is not None:
             check_finite(tensors, config, step)  # every worker holds the same values: all raise
         if rank == 0:
@@ -410,6 +438,9 @@ def _train(config: TrainConfig, reading: Iterator[tuple] | None = None) -> None:
                     metrics["ema_gap"] = evaluate_snapshot(config, averaged)["gap"]
                 log.info("step %d  validate gap %.4f  hit@1 %.4f  perr %.4f", step, metrics["gap"],
                          metrics["hit_at_one"], metrics["perr"])
+            scores = scorer.score(config, tensors) if do_checkpoint else None
+            if scores:  # the curve a range of checkpoints to average is picked from
+                metrics["holdout_gap"] = next(iter(scores.values()))["gap"]
             if logger is not None:
                 logger.log_metrics(metrics, step)
         if do_checkpoint or do_eval:
@@ -417,7 +448,7 @@ def _train(config: TrainConfig, reading: Iterator[tuple] | None = None) -> None:
             # reporting every log step would throttle fast steps to one window per poll.
             state = {"step": step, "examples": step * global_batch, "resumed_from": resumed_from,
                      "optimizer_iterations": int(optimizer.iterations.numpy()), "metrics": metrics,
-                     "train_config": config.to_dict()}
+                     "train_config": config.to_dict(), **({SCORES_KEY: scores} if scores else {})}
             _report(metrics, rank, step, config, tensors if do_checkpoint else None, state, logger)
         window_start, window_losses = time.perf_counter(), []
 

@@ -242,21 +242,24 @@ def build_zoo(run_dirs: Iterable[str | os.PathLike], validate_data: str | Sequen
               interval: int = 1, average: bool = True, eval_batches: int | None = None,
               parent_run_id: str | None = None, tracking_uri: str | None = None,
               report_data: str | Sequence[str] | None = None, split: str | None = None,
-              parallel: bool = True) -> Zoo:
+              parallel: bool = True, recorded: bool = True) -> Zoo:
     """Score each trained model on `validate_data` (every `interval`-th checkpoint, then the
     best average of a range around the best when `average`, and its EMA weights when it kept
     them), drop inferior models, letter the
     rest (keeping letters pinned in an existing `out/zoo.json`), write `zoo.json`, `zoo.txt` and
     `pareto.png`. The choices are made on `validate_data`; with `report_data` (the other half
     of the holdout) each model's choice is scored there too (`report_gap`). `split` says which
-    files these are, in zoo.json and the table. Evaluations run as Ray tasks, many at once,
-    when `parallel` and Ray is up (`raytrain8m.scoring`)."""
+    files these are, in zoo.json and the table. A checkpoint's score that training recorded on
+    these same files is read, not recomputed (`recorded=False` evaluates every checkpoint again).
+    Evaluations run as Ray tasks, many at once, when `parallel` and Ray is up (`raytrain8m.scoring`)."""
     from raytrain8m import tracking
     from raytrain8m.average import average as write_average
     from raytrain8m.average import candidate_ranges
     from raytrain8m.checkpoint import list_checkpoints, read_config, read_state
     from raytrain8m.data.files import expand
     from raytrain8m.models import size_mib
+    from raytrain8m.checkpoint import recorded_score
+    from raytrain8m.holdout import data_key
     from raytrain8m.scoring import Evaluation, Timing, timed_score
 
     out = Path(out)
@@ -273,16 +276,24 @@ def build_zoo(run_dirs: Iterable[str | os.PathLike], validate_data: str | Sequen
         config = read_config(checkpoints[-1])
         models.append((run_dir, config, checkpoints))
 
-    # 1. every scored single checkpoint of every model, at once
+    # 1. every scored single checkpoint of every model: what training recorded on these files,
+    #    the rest evaluated at once
     singles = [(number, index) for number, (_, _, checkpoints) in enumerate(models)
                for index in range(0, len(checkpoints), interval)]
-    results = timed_score([Evaluation(models[number][1].name, (str(models[number][2][index]),), tuple(choose),
-                                      eval_batches) for number, index in singles], timing, parallel)
+    key = data_key(choose, eval_batches) if recorded else None
+    known = {single: recorded_score(models[single[0]][2][single[1]], key) for single in singles} if key else {}
+    missing = [single for single in singles if known.get(single) is None]
+    results = dict(zip(missing, timed_score([Evaluation(models[number][1].name, (str(models[number][2][index]),),
+                                                        tuple(choose), eval_batches) for number, index in missing],
+                                            timing, parallel)))
+    timing.from_training += len(singles) - len(missing)
     scored: dict[int, list[dict]] = {number: [] for number in range(len(models))}
-    for (number, index), result in zip(singles, results):
+    for number, index in singles:
         checkpoint = models[number][2][index]
+        result = results.get((number, index)) or known[(number, index)]
         scored[number].append({"index": index, "step": read_state(checkpoint)["step"],
-                               "checkpoint": str(checkpoint), "gap": float(result["gap"])})
+                               "checkpoint": str(checkpoint), "gap": float(result["gap"]),
+                               "from_training": (number, index) not in results})
 
     # 2. ranges around each model's best, at once
     ranges = []
@@ -328,8 +339,9 @@ def build_zoo(run_dirs: Iterable[str | os.PathLike], validate_data: str | Sequen
     for number, entry in enumerate(entries):
         if entry.mlflow_run_id:
             logger = tracking.RunLogger(entry.mlflow_run_id, tracking_uri)
-            for row in scored[number]:  # the curve a range is picked from
-                logger.log_metrics({"holdout_gap": row["gap"]}, step=row["step"])
+            for row in scored[number]:  # the curve a range is picked from (training logged its own points)
+                if not row["from_training"]:
+                    logger.log_metrics({"holdout_gap": row["gap"]}, step=row["step"])
             logger.log_metrics({"best_single_gap": entry.best_single_gap,
                                 **({"averaged_gap": entry.averaged_gap} if entry.averaged_gap is not None else {}),
                                 **({"ema_gap": entry.ema_gap} if entry.ema_gap is not None else {}),

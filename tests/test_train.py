@@ -183,6 +183,43 @@ def test_every_checkpoint_keeps_the_weights_moving_average_beside_the_weights(tr
     assert 0 < trained.metrics["ema_gap"] <= 1
 
 
+@pytest.mark.slow
+def test_each_checkpoint_carries_its_holdout_score_and_the_zoo_reads_it_unless_the_files_changed(
+        trained, tmp_path):
+    """Rank 0 scored every checkpoint on the split's `choose` files as it wrote it; the zoo takes
+    those scores for the same files (wherever they lie) and evaluates again once a file changed,
+    getting the same GAPs."""
+    import shutil
+
+    from raytrain8m.checkpoint import recorded_score
+    from raytrain8m.holdout import SPLIT_JSON, data_key, load_split
+    from raytrain8m.scoring import Evaluation, evaluate_one
+    from raytrain8m.zoo import build_zoo
+
+    split = load_split(trained.run_dir / SPLIT_JSON)
+    recorded = [recorded_score(path, data_key(split.choose)) for path in trained.checkpoints]
+    assert all(score is not None for score in recorded)  # after the killed worker's restart too
+    fresh = evaluate_one(Evaluation(TINY.name, (str(trained.checkpoints[-1]),), split.choose))
+    assert recorded[-1]["gap"] == pytest.approx(fresh["gap"], abs=1e-6) and recorded[-1]["examples"] > 0
+    history = tracking.client(trained.config.tracking_uri).get_metric_history(trained.mlflow_run_id, "holdout_gap")
+    assert sorted(point.step for point in history) == list(range(EVERY, STEPS + 1, EVERY))
+
+    copies = []
+    for path in split.choose:  # the same content elsewhere, modification time kept: the same key
+        copies.append(tmp_path / "held" / Path(path).name)
+        copies[-1].parent.mkdir(exist_ok=True)
+        shutil.copy2(path, copies[-1])
+    read = build_zoo([trained.run_dir], [str(p) for p in copies], tmp_path / "read", parallel=False)
+    assert read.timing["from_training"] == len(trained.checkpoints)
+    assert read.models[0].best_single_gap == max(score["gap"] for score in recorded)
+    for copy in copies:  # rewritten (a newer modification time): every checkpoint evaluated again
+        os.utime(copy, ns=(copy.stat().st_atime_ns, copy.stat().st_mtime_ns + 10**9))
+    again = build_zoo([trained.run_dir], [str(p) for p in copies], tmp_path / "again", parallel=False)
+    assert again.timing["from_training"] == 0
+    assert again.timing["evaluations"] == read.timing["evaluations"] + len(trained.checkpoints)
+    assert again.models[0].best_single_gap == pytest.approx(read.models[0].best_single_gap, abs=1e-6)
+
+
 @pytest.fixture(scope="module")
 def baseline_gap(netvlad_data, tmp_path_factory) -> float:
     """The mean-pooled baseline's validate GAP after the same steps, global batch (16), learning
