@@ -7,11 +7,10 @@ as `GatedNetVLAD` (name-keyed variables), selected by `ModelConfig(family="basel
 from __future__ import annotations
 
 import math
-from typing import Mapping
 
 from raytrain8m.lazy import tensorflow as tf
 from raytrain8m.models.config import ModelConfig
-from raytrain8m.models.layers import VariableSpec
+from raytrain8m.models.layers import Forward, VariableSpec
 
 
 def variable_specs(config: ModelConfig) -> list[VariableSpec]:
@@ -39,16 +38,12 @@ def mean_of_first_frames(frames: tf.Tensor, num_frames: tf.Tensor) -> tf.Tensor:
     return tf.reduce_sum(frames * mask, axis=1) / count
 
 
-class MeanPoolLogistic:
+class MeanPoolLogistic(Forward):
     """frames, num_frames → sigmoid(mean(frames) · W + b)."""
-
-    def __init__(self, config: ModelConfig, variables: Mapping[str, tf.Variable]):
-        self.config = config
-        self.variables = variables
 
     def __call__(self, frames: tf.Tensor, num_frames: tf.Tensor, training: bool = False) -> tf.Tensor:
         pooled = mean_of_first_frames(frames, num_frames)
-        return tf.sigmoid(tf.matmul(pooled, self.variables["baseline/weights"]) + self.variables["baseline/biases"])
+        return tf.sigmoid(self._matmul(pooled, "baseline/weights") + self._get("baseline/biases"))
 
     def regularization_loss(self, l2: float) -> tf.Tensor:
         return l2 * tf.nn.l2_loss(self.variables["baseline/weights"])

@@ -60,18 +60,18 @@ class GatedNetVLAD(Forward):
                  training: bool) -> tf.Tensor:
         batch = tf.shape(frames)[0]
         flat = tf.reshape(frames, [-1, feature_size])
-        activation = tf.matmul(flat, self._get(f"{prefix}/cluster_weights"))
+        activation = self._matmul(flat, f"{prefix}/cluster_weights")
         activation = tf.nn.softmax(self._batch_norm(f"{prefix}/cluster_bn", activation, training))
         activation = tf.reshape(activation, [batch, -1, cluster_size])
         centres = tf.reduce_sum(activation, axis=1, keepdims=True) * self._get(f"{prefix}/cluster_weights2")
-        vlad = tf.matmul(activation, tf.reshape(flat, [batch, -1, feature_size]), transpose_a=True)
+        vlad = self._matmul(activation, tf.reshape(flat, [batch, -1, feature_size]), transpose_a=True)
         vlad = tf.transpose(vlad, [0, 2, 1]) - centres  # [batch, feature, cluster]
         vlad = tf.math.l2_normalize(vlad, axis=1)
         vlad = tf.reshape(vlad, [batch, cluster_size * feature_size])
         return tf.math.l2_normalize(vlad, axis=1)
 
     def _context_gate(self, prefix: str, weights: str, x: tf.Tensor, training: bool) -> tf.Tensor:
-        gates = self._batch_norm(prefix, tf.matmul(x, self._get(weights)), training)
+        gates = self._batch_norm(prefix, self._matmul(x, weights), training)
         return x * tf.sigmoid(gates)
 
     def __call__(self, frames: tf.Tensor, num_frames: tf.Tensor, training: bool = False) -> tf.Tensor:
@@ -83,10 +83,10 @@ class GatedNetVLAD(Forward):
         video = self._netvlad("tower/video_VLAD", sampled[:, :, :config.rgb_size], config.rgb_size, k, training)
         audio = self._netvlad("tower/audio_VLAD", sampled[:, :, config.rgb_size:], config.audio_size,
                               k // 2, training)
-        hidden = tf.matmul(tf.concat([video, audio], 1), self._get("tower/hidden1_weights"))
+        hidden = self._matmul(tf.concat([video, audio], 1), "tower/hidden1_weights")
         hidden = tf.nn.relu6(self._batch_norm("tower/hidden1_bn", hidden, training))
         # The paper: the second layer is H × 2H plus a bias, with no activation.
-        hidden = tf.matmul(hidden, self._get("tower/hidden2_weights")) + self._get("tower/hidden2_biases")
+        hidden = self._matmul(hidden, "tower/hidden2_weights") + self._get("tower/hidden2_biases")
         hidden = self._context_gate("tower/gating_bn", "tower/gating_weights", hidden, training)
         return self._mixture_of_experts(hidden, training)
 

@@ -7,6 +7,7 @@ fp16 casting and ensembling address.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 from typing import Iterable, Mapping, Sequence
@@ -110,14 +111,36 @@ def cross_entropy(probabilities: tf.Tensor, labels: tf.Tensor, epsilon: float = 
 
 
 class Forward:
-    """A forward pass over a dict of name-keyed variables: float16 storage read as float32."""
+    """A forward pass over a dict of name-keyed variables: float16 storage read as float32.
+
+    Every matrix product goes through `_matmul`, in `compute_dtype`: float32 unless training
+    with mixed precision asked for bfloat16 or float16 (`with_compute_dtype`). Variables and
+    everything between the products (batch norm, softmax, normalisation, the output) stay
+    float32, so the graph an export builds (float32) is the one it always was."""
+
+    compute_dtype = None  # float32, no casts (a class attribute must not import TensorFlow)
 
     def __init__(self, config, variables: Mapping[str, tf.Variable]):
         self.config = config
         self.variables = variables
 
+    def with_compute_dtype(self, dtype: tf.DType) -> "Forward":
+        """The same model over the same variables, its matrix products in `dtype`."""
+        model = copy.copy(self)
+        model.compute_dtype = None if tf.as_dtype(dtype) == tf.float32 else tf.as_dtype(dtype)
+        return model
+
     def _get(self, name: str) -> tf.Tensor:
         return storage.read_weight(self.variables, name)
+
+    def _matmul(self, x: tf.Tensor, y: tf.Tensor | str, **kwargs) -> tf.Tensor:
+        """x · y (`y` a tensor or a weight's name; tf.matmul's keywords) in the compute dtype,
+        both operands cast right here; the product comes back float32."""
+        y = self._get(y) if isinstance(y, str) else y
+        if self.compute_dtype is None:
+            return tf.matmul(x, y, **kwargs)
+        product = tf.matmul(tf.cast(x, self.compute_dtype), tf.cast(y, self.compute_dtype), **kwargs)
+        return tf.cast(product, tf.float32)
 
     def _batch_norm(self, prefix: str, x: tf.Tensor, training: bool) -> tf.Tensor:
         """Batch norm over axis 0; training updates the moving statistics (slim's decay)."""
@@ -135,7 +158,7 @@ class Forward:
     def _moe(self, prefix: str, x: tf.Tensor) -> tf.Tensor:
         """The starter's MoeModel: softmax gates over M experts and a dummy one predicting 0."""
         v, m = self.config.num_classes, self.config.num_mixtures
-        gates = tf.nn.softmax(tf.reshape(tf.matmul(x, self._get(f"{prefix}gates/weights")), [-1, m + 1]))
-        experts = tf.matmul(x, self._get(f"{prefix}experts/weights")) + self._get(f"{prefix}experts/biases")
+        gates = tf.nn.softmax(tf.reshape(self._matmul(x, f"{prefix}gates/weights"), [-1, m + 1]))
+        experts = self._matmul(x, f"{prefix}experts/weights") + self._get(f"{prefix}experts/biases")
         experts = tf.sigmoid(tf.reshape(experts, [-1, m]))
         return tf.reshape(tf.reduce_sum(gates[:, :m] * experts, axis=1), [-1, v])

@@ -122,18 +122,18 @@ class NeXtVLAD(Forward):
                   training: bool) -> tf.Tensor:
         batch, length = tf.shape(frames)[0], tf.shape(frames)[1]
         wide = self.config.expansion * n
-        expanded = tf.matmul(tf.reshape(frames, [-1, n]), self._get(f"{prefix}/expansion/weights")) \
+        expanded = self._matmul(tf.reshape(frames, [-1, n]), f"{prefix}/expansion/weights") \
             + self._get(f"{prefix}/expansion/biases")                                     # [b·f, λN]
-        attention = tf.sigmoid(tf.matmul(expanded, self._get(f"{prefix}/attention/weights"))
+        attention = tf.sigmoid(self._matmul(expanded, f"{prefix}/attention/weights")
                                + self._get(f"{prefix}/attention/biases"))                   # [b·f, G]
         attention = tf.reshape(attention, [batch, length, g]) * mask[:, :, None]
         attention = tf.reshape(attention, [batch, length * g, 1])
         assignment = self._batch_norm(f"{prefix}/cluster_bn",
-                                      tf.matmul(expanded, self._get(f"{prefix}/cluster_weights")), training)
+                                      self._matmul(expanded, f"{prefix}/cluster_weights"), training)
         assignment = tf.nn.softmax(tf.reshape(assignment, [batch, length * g, k])) * attention
         centres = tf.reduce_sum(assignment, axis=1, keepdims=True) * self._get(f"{prefix}/cluster_weights2")
         grouped = tf.reshape(expanded, [batch, length * g, wide // g])
-        vlad = tf.transpose(tf.matmul(assignment, grouped, transpose_a=True), [0, 2, 1]) - centres
+        vlad = tf.transpose(self._matmul(assignment, grouped, transpose_a=True), [0, 2, 1]) - centres
         vlad = tf.reshape(tf.math.l2_normalize(vlad, axis=1), [batch, k * wide // g])
         return self._batch_norm(f"{prefix}/vlad_bn", vlad, training)
 
@@ -147,13 +147,13 @@ class NeXtVLAD(Forward):
                           for (prefix, n, k, g), part in zip(modalities(config), features)], 1)
         if training and config.dropout > 0:
             vlad = tf.nn.dropout(vlad, rate=config.dropout)
-        hidden = self._batch_norm("tower/hidden1_bn", tf.matmul(vlad, self._get("tower/hidden1_weights")), training)
-        gates = tf.matmul(hidden, self._get("tower/gating_weights_1"))
+        hidden = self._batch_norm("tower/hidden1_bn", self._matmul(vlad, "tower/hidden1_weights"), training)
+        gates = self._matmul(hidden, "tower/gating_weights_1")
         gates = tf.nn.relu(self._batch_norm("tower/gating_bn", gates, training))
-        hidden = hidden * tf.sigmoid(tf.matmul(gates, self._get("tower/gating_weights_2")))
+        hidden = hidden * tf.sigmoid(self._matmul(gates, "tower/gating_weights_2"))
         if config.classifier == "moe":
             return self._moe("tower/", hidden)
-        return tf.sigmoid(tf.matmul(hidden, self._get("tower/logistic/weights")) + self._get("tower/logistic/biases"))
+        return tf.sigmoid(self._matmul(hidden, "tower/logistic/weights") + self._get("tower/logistic/biases"))
 
     def regularization_loss(self, l2: float) -> tf.Tensor:
         """L2 on the classifier's weights (the trainer's `moe_l2`)."""
