@@ -18,6 +18,7 @@ from raytrain8m import atomic, localray, settings, tracking
 from raytrain8m.checkpoint import check_same_model, list_checkpoints, read_state
 from raytrain8m.errors import ConfigError, Raytrain8mError
 from raytrain8m.holdout import SPLIT_JSON, Split, make_split
+from raytrain8m.mixed_precision import MODES as MIXED_PRECISION_MODES
 from raytrain8m.models import ModelConfig
 from raytrain8m.models.config import only_known_keys
 
@@ -56,6 +57,7 @@ class TrainConfig:
     shuffle_buffer: int = 512     # videos in each worker's local shuffle buffer; 0 = no row shuffle
     prefetch_batches: int = 2     # batches read ahead while the step runs; 0 = none
     jit_compile: bool = False     # XLA-compile the model's forward and backward (bench/train_step.py)
+    mixed_precision: str = "off"  # off, bf16 or fp16: the model's matmuls in that dtype (fp16: loss scaling)
     ema_decay: float = 0.0        # > 0: keep a moving average of the weights (saved as ema/… in checkpoints)
     teacher: str = ""             # an ensemble export DIR (DIR/saved_model): distil from its predictions
     distill_lambda: float = 1.0   # with a teacher: targets = λ · teacher + (1 − λ) · labels
@@ -88,6 +90,9 @@ class TrainConfig:
             raise ConfigError(f"distill_lambda must be in [0, 1], got {self.distill_lambda!r}")
         if self.moe_l2 < 0:
             raise ConfigError(f"moe_l2 must be >= 0, got {self.moe_l2!r}")
+        if self.mixed_precision not in MIXED_PRECISION_MODES:
+            raise ConfigError(f"mixed_precision must be one of {', '.join(MIXED_PRECISION_MODES)}, "
+                              f"got {self.mixed_precision!r}")
         holdout = str(self.holdout).strip().lower()
         if holdout != "auto" and not (holdout.isdigit()):
             raise ConfigError(f"holdout must be auto, 0 or a number of validate files, got {self.holdout!r}")
@@ -136,6 +141,7 @@ class TrainConfig:
                 "checkpoint_every": self.checkpoint_every, "eval_every": self.eval_every,
                 "num_workers": self.num_workers, "use_gpu": self.use_gpu, "seed": self.seed,
                 "max_frames": self.max_frames, "ema_decay": self.ema_decay,
+                "mixed_precision": self.mixed_precision, "jit_compile": self.jit_compile,
                 "teacher": self.teacher, "distill_lambda": self.distill_lambda,
                 "train_data": _shown(self.train_data), "validate_data": _shown(self.validate_data),
                 "holdout": self.holdout, "skip_corrupt": self.skip_corrupt}

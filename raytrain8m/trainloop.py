@@ -21,7 +21,7 @@ import keras
 import numpy as np
 from raytrain8m.lazy import tensorflow as tf
 
-from raytrain8m import compat
+from raytrain8m import compat, mixed_precision
 from raytrain8m.checkpoint import (EMA_PREFIX, OPTIMIZER_PREFIX, SCORES_KEY, check_same_model, is_checkpoint,
                                    list_checkpoints, load_checkpoint, read_state, save_checkpoint)
 from raytrain8m.data import DataError, dequantize
@@ -94,13 +94,19 @@ def ema_decay_at(decay: float, step: tf.Tensor) -> tf.Tensor:
 
 
 def make_train_step(model, optimizer, strategy: tf.distribute.Strategy, config: TrainConfig,
-                    ema: dict[str, tf.Variable] | None = None):
+                    ema: dict[str, tf.Variable] | None = None, loss_scale=None):
     """A compiled step over fixed shapes (frames padded to max_frames), so it never retraces.
 
     It takes the quantized batch (`to_step_inputs`: uint8 frames and multi-hot labels, a
     quarter of float32's bytes to copy to the device) and dequantizes inside the graph. With a
     teacher the labels are float32 soft targets (`distill_targets`). With `ema` (see
-    `make_ema`), the moving averages follow the weights after each update."""
+    `make_ema`), the moving averages follow the weights after each update. With
+    `config.mixed_precision` the model's matmuls run in bfloat16 or float16 (`mixed_precision`);
+    fp16 scales the loss with `loss_scale` (made here in the strategy's scope when not given)."""
+    forward = model.with_compute_dtype(mixed_precision.compute_dtype(config.mixed_precision))
+    if loss_scale is None:
+        with strategy.scope():
+            loss_scale = mixed_precision.loss_scale(config.mixed_precision)
     trainable = [variable for variable in model.variables.values() if variable.trainable]
     spec = (tf.TensorSpec([config.batch_size, config.max_frames, config.model.feature_size], tf.uint8),
             tf.TensorSpec([config.batch_size], tf.int32),
@@ -109,9 +115,10 @@ def make_train_step(model, optimizer, strategy: tf.distribute.Strategy, config: 
 
     def loss_and_gradients(frames, num_frames, labels):
         with tf.GradientTape() as tape:
-            loss = cross_entropy(model(frames, num_frames, training=True), labels) \
+            loss = cross_entropy(forward(frames, num_frames, training=True), labels) \
                 + model.regularization_loss(config.moe_l2)
-        return loss, tape.gradient(loss, trainable)
+            scaled = loss_scale.scale_loss(loss)
+        return loss, loss_scale.unscale(tape.gradient(scaled, trainable))
 
     if config.jit_compile:  # XLA for the model's forward and backward; the all-reduce stays outside
         loss_and_gradients = tf.function(loss_and_gradients, jit_compile=True)
@@ -122,7 +129,7 @@ def make_train_step(model, optimizer, strategy: tf.distribute.Strategy, config: 
         context = tf.distribute.get_replica_context()
         gradients = context.all_reduce(tf.distribute.ReduceOp.MEAN, gradients)
         gradients, _ = tf.clip_by_global_norm(gradients, config.clip_norm)
-        optimizer.apply_gradients(zip(gradients, trainable))
+        loss_scale.apply(optimizer, gradients, trainable)  # fp16: skipped if not all finite
         if ema:
             decay = ema_decay_at(config.ema_decay, optimizer.iterations)
             for name, average in ema.items():
@@ -150,11 +157,15 @@ def snapshot(model, optimizer, ema: dict[str, tf.Variable] | None = None) -> dic
     return tensors
 
 
+def run_label(config: TrainConfig) -> str:
+    """The run and its model, as errors name them."""
+    run = config.run_name or config.model.name
+    return run if run == config.model.name else f"{run} ({config.model.name})"
+
+
 def diverged(config: TrainConfig, what: str, step: int) -> TrainingError:
     """The error for a run that has blown up, naming the run, its model and the step."""
-    run = config.run_name or config.model.name
-    label = run if run == config.model.name else f"{run} ({config.model.name})"
-    return TrainingError(f"{label}: non-finite {what} at step {step}; lower the learning rate "
+    return TrainingError(f"{run_label(config)}: non-finite {what} at step {step}; lower the learning rate "
                          f"(now {config.learning_rate:g}); checkpoints before step {step} are kept")
 
 
@@ -372,6 +383,7 @@ def _train(config: TrainConfig, reading: Iterator[tuple] | None = None) -> None:
         optimizer = make_optimizer(config)
         optimizer.build([variable for variable in model.variables.values() if variable.trainable])
         ema = make_ema(model, config)
+        loss_scale = mixed_precision.loss_scale(config.mixed_precision)
     state: dict[str, Any] = {}
     newest = resume_point(config)
     checkpoint = ray.train.get_checkpoint()
@@ -394,7 +406,7 @@ def _train(config: TrainConfig, reading: Iterator[tuple] | None = None) -> None:
                  strategy.num_replicas_in_sync, config.global_batch_size)
 
     scorer = HoldoutScorer(config) if rank == 0 else None
-    train_step = make_train_step(model, optimizer, strategy, config, ema)
+    train_step = make_train_step(model, optimizer, strategy, config, ema, loss_scale)
     # Read ahead in a thread while the step runs: the worker's entry started it (`reading`), or
     # it starts here. One thread and `prefetch_batches` batches, converted to tensors as taken.
     data = reading if reading is not None else Prefetcher(
@@ -418,11 +430,12 @@ def _train(config: TrainConfig, reading: Iterator[tuple] | None = None) -> None:
         bad = first_non_finite(window_losses)
         if bad is not None:
             raise diverged(config, f"loss {float(window_losses[bad])}", step - len(window_losses) + bad + 1)
+        loss_scale.check(step, run_label(config))
         elapsed = time.perf_counter() - window_start
         metrics = {"step": step, "examples": step * global_batch,
                    "loss": float(tf.reduce_mean(tf.stack(window_losses))),
                    "examples_per_sec": len(window_losses) * global_batch / max(elapsed, 1e-9),
-                   "learning_rate": float(optimizer.learning_rate.numpy())}
+                   "learning_rate": float(optimizer.learning_rate.numpy()), **loss_scale.metrics()}
         tensors = snapshot(model, optimizer, ema) if do_checkpoint or do_eval else None
         scores = None
         if tensors is not None:

@@ -15,7 +15,7 @@ LAYERS = [
     ("models", {"models"}),
     ("records", {"metrics", "holdout", "predictions", "checkpoint", "tracking"}),
     ("evaluate", {"evaluate"}),
-    ("train", {"train", "train_worker", "train_input", "trainloop", "failures"}),
+    ("train", {"train", "train_worker", "train_input", "trainloop", "mixed_precision", "failures"}),
     ("sweep", {"placement", "sweep_records", "sweep"}),
     ("select", {"average", "scoring", "zoo"}),
     ("compose", {"compress", "ensemble", "export", "infer"}),
