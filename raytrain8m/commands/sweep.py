@@ -42,6 +42,7 @@ from typing import Sequence
 from raytrain8m.cli import LOG_NAMED, Parser, add_skip_corrupt
 from raytrain8m.cli import add_verbose_flag, console
 from raytrain8m.errors import Raytrain8mError, fail
+from raytrain8m.mixed_precision import MODES as MIXED_PRECISION_MODES
 
 SMOKE = {"grid": "K4-H16,K8-H16", "classes": 20, "max_steps": 20, "checkpoint_every": 5,
          "eval_every": 0, "eval_batches": 2, "log_every": 5, "batch_sizes": "16,8",
@@ -69,6 +70,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     train.add_argument("--lr", dest="learning_rate", type=float,
                        help="base learning rate (TrainConfig's default: the paper's 1e-4)")
     train.add_argument("--workers-per-trial", type=int, help="data-parallel workers per model (default 1)")
+    train.add_argument("--mixed-precision", choices=MIXED_PRECISION_MODES,
+                       help="the models' matmuls in bf16 or fp16 (fp16 with loss scaling), variables float32: "
+                            "for GPUs with tensor cores (default: TrainConfig's, off)")
     add_skip_corrupt(train)
     train.add_argument("--batch-sizes", default="", help="per-worker batch sizes to try on a GPU, largest "
                                                         "first (default: 160,80,40,20, the paper's)")
@@ -113,7 +117,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args.sweep_file, train_data=args.train_data, validate_data=args.validate_data,
                 max_steps=args.max_steps, checkpoint_every=args.checkpoint_every, holdout=args.holdout,
                 skip_corrupt=args.skip_corrupt or None,
-                **{key: getattr(args, key, None) for key in ("eval_every", "eval_batches", "log_every", "batch_size", "learning_rate")})
+                **{key: getattr(args, key, None) for key in ("eval_every", "eval_batches", "log_every", "batch_size",
+                                                              "learning_rate", "mixed_precision")})
             if args.batch_sizes:
                 spec = spec.replace(batch_sizes=tuple(placement.parse_ints(args.batch_sizes, "batch sizes")))
             if args.dry_run:
