@@ -5,11 +5,14 @@ Train run (jobs/train.py's path: `fit` on official-format shards) keeps of it. L
     python bench/train_step.py --model K16-H256 --classes 3862 --batch-size 80 --max-frames 300
     python bench/train_step.py --model K32-H1024 --classes 3862 --batch-size 80 --no-ray   # MFU only
     python bench/train_step.py --smoke --jit-compile                    # the step with XLA
+    python bench/train_step.py --smoke --no-ray --mixed-precision bf16  # the model's matmuls in bfloat16
 
 - `examples_per_s`: the bare step (the trainer's own `make_train_step` under a one-worker
   MultiWorkerMirroredStrategy, random uint8 inputs already in memory), after `--warmup` steps.
 - `mfu`: 3 × forward FLOPs a video (`flops_per_video`, the model's own count) × examples/s ÷
   this process's fp32 matmul rate (4096², the best of a few), the same machine, the same moment.
+- `mixed_precision` (`--mixed-precision off|bf16|fp16`) and `matmul_dtype`: the dtypes the
+  traced step's MatMul/BatchMatMul ops run in (read from its graph, forward and backward).
 - `ray_examples_per_s` and `ray_overhead_ratio`: a 1-worker `fit` on synthetic shards of the same
   model, batch and frames; steady examples/s from its MLflow `examples_per_sec` windows after the
   first (the warm-up), ÷ the bare step's.
@@ -45,11 +48,13 @@ def matmul_flops_per_s(size: int = 4096, repeats: int = 3) -> float:
     return 2 * size ** 3 / best
 
 
-def bare_step(config, args: argparse.Namespace) -> float:
-    """Steady examples/s of the trainer's compiled step on random quantized inputs."""
+def bare_step(config, args: argparse.Namespace) -> tuple[float, str]:
+    """Steady examples/s of the trainer's compiled step on random quantized inputs, and the
+    dtype(s) its matmuls ran in."""
     import numpy as np
     import tensorflow as tf
 
+    from raytrain8m.mixed_precision import matmul_dtypes
     from raytrain8m.models import MODELS
     from raytrain8m.trainloop import make_optimizer, make_train_step
 
@@ -70,7 +75,8 @@ def bare_step(config, args: argparse.Namespace) -> float:
     start = time.perf_counter()
     losses = [step(*inputs) for _ in range(args.steps)]
     float(losses[-1])
-    return args.steps * config.batch_size / (time.perf_counter() - start)
+    rate = args.steps * config.batch_size / (time.perf_counter() - start)
+    return rate, ",".join(matmul_dtypes(step.get_concrete_function()))
 
 
 def ray_run(config, args: argparse.Namespace, tmp: str) -> dict:
@@ -104,6 +110,8 @@ def ray_run(config, args: argparse.Namespace, tmp: str) -> dict:
 
 
 def main() -> int:
+    from raytrain8m.mixed_precision import MODES as MIXED_PRECISION_MODES
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="K16-H256")
     parser.add_argument("--classes", type=int, default=3862)
@@ -114,6 +122,8 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=16, help="timed steps (the Ray run: a multiple of --warmup)")
     parser.add_argument("--videos", type=int, default=400, help="synthetic videos for the Ray run")
     parser.add_argument("--jit-compile", action="store_true", help="XLA-compile the step's forward and backward")
+    parser.add_argument("--mixed-precision", choices=MIXED_PRECISION_MODES, default="off",
+                        help="the model's matmuls in bfloat16 or float16 (default: %(default)s)")
     parser.add_argument("--no-ray", action="store_true", help="the bare step and MFU only")
     parser.add_argument("--smoke", action="store_true", help="K4-H16, 20 classes, 30 frames, batch 16")
     args = parser.parse_args()
@@ -130,11 +140,13 @@ def main() -> int:
 
     model = ModelConfig.from_name(args.model, num_classes=args.classes, iterations=args.iterations)
     changes = {"jit_compile": True} if args.jit_compile else {}
-    config = TrainConfig(model=model, batch_size=args.batch_size, max_frames=args.max_frames, **changes)
+    config = TrainConfig(model=model, batch_size=args.batch_size, max_frames=args.max_frames,
+                         mixed_precision=args.mixed_precision, **changes)
     peak = matmul_flops_per_s()
-    examples_per_s = bare_step(config, args)
+    examples_per_s, matmul_dtype = bare_step(config, args)
     figures = {"model": model.name, "classes": args.classes, "batch_size": args.batch_size,
                "max_frames": args.max_frames, "jit_compile": args.jit_compile,
+               "mixed_precision": args.mixed_precision, "matmul_dtype": matmul_dtype,
                "examples_per_s": examples_per_s, "matmul_gflops_per_s": peak / 1e9,
                "mfu": 3 * flops_per_video(model) * examples_per_s / peak}
     if not args.no_ray:
