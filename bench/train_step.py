@@ -110,7 +110,7 @@ def ray_run(config, args: argparse.Namespace, tmp: str) -> dict:
 
 
 def main() -> int:
-    from raytrain8m.mixed_precision import MODES as MIXED_PRECISION_MODES
+    from raytrain8m.train import MIXED_PRECISIONS
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="K16-H256")
@@ -122,7 +122,7 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=16, help="timed steps (the Ray run: a multiple of --warmup)")
     parser.add_argument("--videos", type=int, default=400, help="synthetic videos for the Ray run")
     parser.add_argument("--jit-compile", action="store_true", help="XLA-compile the step's forward and backward")
-    parser.add_argument("--mixed-precision", choices=MIXED_PRECISION_MODES, default="off",
+    parser.add_argument("--mixed-precision", choices=MIXED_PRECISIONS, default="off",
                         help="the model's matmuls in bfloat16 or float16 (default: %(default)s)")
     parser.add_argument("--no-ray", action="store_true", help="the bare step and MFU only")
     parser.add_argument("--smoke", action="store_true", help="K4-H16, 20 classes, 30 frames, batch 16")

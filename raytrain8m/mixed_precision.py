@@ -21,7 +21,6 @@ from typing import Sequence
 from raytrain8m.errors import TrainingError
 from raytrain8m.lazy import tensorflow as tf
 
-MODES = ("off", "bf16", "fp16")
 INITIAL_SCALE = 2.0 ** 15
 GROWTH_STEPS = 2000   # finite steps in a row before the scale doubles
 MIN_SCALE = 2.0 ** -15  # below it the gradients are non-finite at any scale: the run diverged

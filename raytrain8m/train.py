@@ -18,7 +18,6 @@ from raytrain8m import atomic, localray, settings, tracking
 from raytrain8m.checkpoint import check_same_model, list_checkpoints, read_state
 from raytrain8m.errors import ConfigError, Raytrain8mError
 from raytrain8m.holdout import SPLIT_JSON, Split, make_split
-from raytrain8m.mixed_precision import MODES as MIXED_PRECISION_MODES
 from raytrain8m.models import ModelConfig
 from raytrain8m.models.config import only_known_keys
 
@@ -27,6 +26,7 @@ log = logging.getLogger(__name__)
 MLFLOW_JSON = "mlflow.json"  # in the run directory: the MLflow run a resumed fit logs into
 ERROR_JSON = "data_error.json"  # in the run directory: a worker's own error (file, record, why)
 ERROR_LOG = "error.log"  # in the run directory: the full traceback of a failed fit, Ray's wrapping included
+MIXED_PRECISIONS = ("off", "bf16", "fp16")  # TrainConfig.mixed_precision (raytrain8m/mixed_precision.py)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,8 +90,8 @@ class TrainConfig:
             raise ConfigError(f"distill_lambda must be in [0, 1], got {self.distill_lambda!r}")
         if self.moe_l2 < 0:
             raise ConfigError(f"moe_l2 must be >= 0, got {self.moe_l2!r}")
-        if self.mixed_precision not in MIXED_PRECISION_MODES:
-            raise ConfigError(f"mixed_precision must be one of {', '.join(MIXED_PRECISION_MODES)}, "
+        if self.mixed_precision not in MIXED_PRECISIONS:
+            raise ConfigError(f"mixed_precision must be one of {', '.join(MIXED_PRECISIONS)}, "
                               f"got {self.mixed_precision!r}")
         holdout = str(self.holdout).strip().lower()
         if holdout != "auto" and not (holdout.isdigit()):

@@ -42,7 +42,7 @@ from typing import Sequence
 from raytrain8m.cli import LOG_NAMED, Parser, add_skip_corrupt
 from raytrain8m.cli import add_verbose_flag, console
 from raytrain8m.errors import Raytrain8mError, fail
-from raytrain8m.mixed_precision import MODES as MIXED_PRECISION_MODES
+from raytrain8m.train import MIXED_PRECISIONS
 
 SMOKE = {"grid": "K4-H16,K8-H16", "classes": 20, "max_steps": 20, "checkpoint_every": 5,
          "eval_every": 0, "eval_batches": 2, "log_every": 5, "batch_sizes": "16,8",
@@ -70,7 +70,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     train.add_argument("--lr", dest="learning_rate", type=float,
                        help="base learning rate (TrainConfig's default: the paper's 1e-4)")
     train.add_argument("--workers-per-trial", type=int, help="data-parallel workers per model (default 1)")
-    train.add_argument("--mixed-precision", choices=MIXED_PRECISION_MODES,
+    train.add_argument("--mixed-precision", choices=MIXED_PRECISIONS,
                        help="the models' matmuls in bf16 or fp16 (fp16 with loss scaling), variables float32: "
                             "for GPUs with tensor cores (default: TrainConfig's, off)")
     add_skip_corrupt(train)

@@ -30,14 +30,13 @@ from raytrain8m import localray, settings
 from raytrain8m.cli import LOG_PLAIN, Parser, check_output
 from raytrain8m.cli import add_verbose_flag, console
 from raytrain8m.errors import ConfigError, Raytrain8mError, fail
-from raytrain8m.mixed_precision import MODES as MIXED_PRECISION_MODES
 from raytrain8m.models import NAME_FIELDS, ModelConfig
-from raytrain8m.train import TrainConfig
+from raytrain8m.train import MIXED_PRECISIONS, TrainConfig
 
 # Flag names that differ from the field names (the field's own name is accepted too).
 SHORT_NAMES = {"num_classes": "--classes", "learning_rate": "--lr", "num_workers": "--workers"}
 NOT_FLAGS = {"model", "mlflow_run_id", "tracking_uri", "crash_at_step"}  # set by code, not by users
-CHOICES = {"mixed_precision": MIXED_PRECISION_MODES}  # flags with a fixed set of values
+CHOICES = {"mixed_precision": MIXED_PRECISIONS}  # flags with a fixed set of values
 SMOKE = dict(cluster_size=4, hidden_size=16, num_classes=20, iterations=10, batch_size=8, max_steps=20,
              checkpoint_every=10, eval_every=10, log_every=5, max_frames=12, num_workers=2,
              run_name="smoke", learning_rate=3e-3)
