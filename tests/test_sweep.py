@@ -8,6 +8,7 @@ cards. Trials train on CPU but must land on the node type their plan chose.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -216,6 +217,12 @@ def _tune_statuses(tune_dir: Path) -> dict[str, str]:
     return {}
 
 
+def _files_of(checkpoints: list[Path]) -> dict[str, tuple[int, int, bytes]]:
+    """{path: (mtime_ns, size, sha1)} of every file of these checkpoints."""
+    return {str(path): (path.stat().st_mtime_ns, path.stat().st_size, hashlib.sha1(path.read_bytes()).digest())
+            for checkpoint in checkpoints for path in sorted(checkpoint.iterdir())}
+
+
 def _files(root: Path) -> dict[str, tuple[int, int]]:
     """{relative path: (inode, mtime_ns)} of every file under `root`."""
     return {str(path.relative_to(root)): (path.stat().st_ino, path.stat().st_mtime_ns)
@@ -225,9 +232,11 @@ def _files(root: Path) -> dict[str, tuple[int, int]]:
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="finds Ray's processes in /proc")
 def test_sweep_driver_killed_then_resumed_finishes_only_the_unfinished_trials(synthetic_dir, tmp_path):
-    """`jobs/sweep.py` SIGKILLed (its whole process group) after one of two trials finished:
-    `--status` shows one done; `--resume` runs only the other, and the MLflow parent keeps one
-    child run per model; resuming the finished sweep starts nothing."""
+    """`jobs/sweep.py` SIGKILLed (its whole process group) after one of two trials finished and
+    right after the other wrote its first checkpoint: `--status` shows one done; `--resume` runs
+    only the other, from its newest checkpoint, overwriting none, in the same MLflow run; the
+    parent keeps one child run per model; resuming the finished sweep starts nothing.
+    (Also the kill test of a single run: a trial's driver is `fit`, as `jobs/train.py`'s is.)"""
     import mlflow
 
     from raytrain8m.checkpoint import list_checkpoints, read_state
@@ -236,6 +245,9 @@ def test_sweep_driver_killed_then_resumed_finishes_only_the_unfinished_trials(sy
     from raytrain8m.zoo import load_zoo
 
     models = ["K4-H16", "K4-H24"]
+    # Many cheap steps after the first checkpoint: a window of a few seconds in which the test,
+    # however starved of CPU, sees that checkpoint before the trial ends by itself.
+    max_steps, every = 100, 20
     out, uri = tmp_path / "sweep", f"sqlite:///{tmp_path / 'mlflow.db'}"
     env = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}  # a local Ray of its own
     env.update(MLFLOW_TRACKING_URI=uri, RAYTRAIN8M_RUNS=str(tmp_path / "runs"))
@@ -243,7 +255,7 @@ def test_sweep_driver_killed_then_resumed_finishes_only_the_unfinished_trials(sy
     command = [sys.executable, "jobs/sweep.py", "--grid", ",".join(models), "--classes", "20",
                "--train-data", str(synthetic_dir / "train*.tfrecord"),
                "--validate-data", str(synthetic_dir / "validate*.tfrecord"), "--out", str(out),
-               "--max-steps", "8", "--checkpoint-every", "4", "--max-concurrent", "1", "--smoke"]
+               "--max-steps", str(max_steps), "--checkpoint-every", str(every), "--max-concurrent", "1", "--smoke"]
     log_path = tmp_path / "first.log"
     started = time.monotonic()
     with log_path.open("w") as log:
@@ -251,29 +263,29 @@ def test_sweep_driver_killed_then_resumed_finishes_only_the_unfinished_trials(sy
                                   start_new_session=True)  # its own session and process group
     sid = driver.pid
     try:
-        # 1. Kill as soon as one trial has written its trial.json, whatever Tune's own state
-        # files say at that moment (Tune copies them one after the other; resuming never
-        # reads them, so a kill between two copies must not matter).
-        deadline, done = time.monotonic() + 240, []
-        while time.monotonic() < deadline and driver.poll() is None and not done:
+        # 1. Kill as soon as one trial has written its trial.json and the other its first
+        # checkpoint, whatever Tune's own state files say at that moment (Tune copies them one
+        # after the other; resuming never reads them, so a kill between two copies must not matter).
+        deadline, done, started_too = time.monotonic() + 240, [], []
+        while time.monotonic() < deadline and driver.poll() is None and not (done and started_too):
             done = [model for model in models if (out / TRAIN_DIR / model / TRIAL_JSON).is_file()]
-            time.sleep(0.1)
+            started_too = [model for model in models if model not in done and (out / TRAIN_DIR / model).is_dir()
+                           and list_checkpoints(out / TRAIN_DIR / model)]
+            time.sleep(0.05)
         assert driver.poll() is None, f"the sweep ended by itself ({driver.returncode}):\n" \
                                       f"{log_path.read_text()[-3000:]}"
-        assert len(done) == 1, f"no trial finished in 240 s: {done}\n{log_path.read_text()[-3000:]}"
+        assert len(done) == 1 and started_too, f"not one trial finished and the other checkpointed in " \
+                                              f"240 s: {done}\n{log_path.read_text()[-3000:]}"
+        os.killpg(driver.pid, signal.SIGKILL)  # 2. the driver's process group; Ray's processes must go with it
         (finished,) = done
-        (unfinished,) = set(models) - {finished}
+        (unfinished,) = started_too
         statuses = _tune_statuses(out / TUNE_DIR)
-        # The other trial may not have started, or may have trained to step 8 already (its
-        # `fit` then resumes at step 8 and trains nothing); what it has is printed below.
         finished_files = _files(out / TRAIN_DIR / finished)
         killed_at = time.monotonic() - started
 
-        # 2. SIGKILL the driver's process group; Ray's processes must go with it.
-        os.killpg(driver.pid, signal.SIGKILL)
         driver.wait(timeout=30)
         unfinished_dir = out / TRAIN_DIR / unfinished
-        progress = sorted(path.name for path in unfinished_dir.iterdir()) if unfinished_dir.is_dir() else []
+        progress = sorted(path.name for path in unfinished_dir.iterdir())
         deadline = time.monotonic() + 60
         while _session_processes(sid) and time.monotonic() < deadline:
             time.sleep(0.5)
@@ -283,7 +295,11 @@ def test_sweep_driver_killed_then_resumed_finishes_only_the_unfinished_trials(sy
         print(f"killed at {killed_at:.0f} s with Tune's saved state {statuses}; {unfinished}'s run dir then: "
               f"{progress}; its Ray processes gone {gone_after:.1f} s after the kill")
         status = {s.model: (s.done, s.max_steps) for s in sweep_status(out)}
-        assert status == {finished: (True, 8), unfinished: (False, 8)}  # what --status shows
+        assert status == {finished: (True, max_steps), unfinished: (False, max_steps)}  # what --status shows
+        before = list_checkpoints(unfinished_dir)
+        newest = read_state(before[-1])["step"]
+        assert every <= newest < max_steps, newest
+        untouched = _files_of(before)
     finally:
         if driver.poll() is None:
             os.killpg(driver.pid, signal.SIGKILL)
@@ -313,20 +329,24 @@ def test_sweep_driver_killed_then_resumed_finishes_only_the_unfinished_trials(sy
     assert _files(out / TRAIN_DIR / finished) == finished_files
     steps = {model: [read_state(path)["step"] for path in list_checkpoints(out / TRAIN_DIR / model)]
              for model in models}
-    assert steps == {finished: [4, 8], unfinished: [4, 8]}
+    assert steps == {model: list(range(every, max_steps + 1, every)) for model in models}
     assert read_state(list_checkpoints(out / TRAIN_DIR / finished)[-1])["resumed_from"] == 0
+    # the killed trial went on from its newest checkpoint and rewrote none of those before it
+    after = list_checkpoints(unfinished_dir)
+    assert all(read_state(path)["resumed_from"] == newest for path in after if read_state(path)["step"] > newest)
+    assert {key: value for key, value in _files_of(after).items() if key in untouched} == untouched
     assert _tune_statuses(out / f"{TUNE_DIR}-resume-1") == {unfinished: "TERMINATED"}  # only it ran
     # a finished sweep resumes to the same result without starting Ray or any trial
     again = resume_sweep(out)
-    assert {t.model: (t.error, t.metrics["step"]) for t in again.trials} == {model: (None, 8) for model in models}
+    assert {t.model: (t.error, t.metrics["step"]) for t in again.trials} == {model: (None, max_steps) for model in models}
     assert sorted(path.name for path in out.glob("tune*")) == [TUNE_DIR, f"{TUNE_DIR}-resume-1"]
     with pytest.raises(ConfigError, match="no sweep to resume"):
         resume_sweep(tmp_path / "elsewhere")
     shown = subprocess.run([sys.executable, "jobs/sweep.py", "--out", str(out), "--status"], cwd=REPO,
                            env=env, capture_output=True, text=True, timeout=120)
     assert shown.returncode == 0, shown.stderr
-    assert "2/2 trials done; 16/16 checkpointed steps (100%)" in shown.stdout
-    assert all(re.search(rf"{model} .* 8/8 +done +0\.\d{{4}}", shown.stdout) for model in models)
+    assert f"2/2 trials done; {2 * max_steps}/{2 * max_steps} checkpointed steps (100%)" in shown.stdout
+    assert all(re.search(rf"{model} .* {max_steps}/{max_steps} +done +0\.\d{{4}}", shown.stdout) for model in models)
     assert all((out / TRAIN_DIR / model / TRIAL_JSON).is_file() for model in models)
     zoo = load_zoo(out / "zoo.json")
     assert sorted(model.name for model in [*zoo.models, *zoo.eliminated]) == models
@@ -342,6 +362,10 @@ def test_sweep_driver_killed_then_resumed_finishes_only_the_unfinished_trials(sy
             for model in models}
     print(f"MLflow child runs by model: {runs}")
     assert runs == {model: ["FINISHED"] for model in models}
+    # the killed trial's run holds its loss from before the kill and after the resume
+    [killed] = [run for run in children if run.info.run_name == unfinished]
+    logged = [m.step for m in client.get_metric_history(killed.info.run_id, "loss")]
+    assert min(logged) <= newest < max(logged) == max_steps, logged
 
 
 # --- on a simulated mixed-GPU cluster -----------------------------------------------------

@@ -292,6 +292,21 @@ def test_a_training_run_listens_beyond_loopback_only_through_tensorflow(trained_
 
 
 @pytest.mark.slow
+def test_the_train_command_refuses_to_overwrite_a_run_or_to_resume_none(trained, netvlad_data, tmp_path, capsys):
+    """`jobs/train.py` again on a run with checkpoints needs --resume, and --resume needs them.
+    (Killed and resumed for real: tests/test_sweep.py, whose trials' drivers are `fit`.)"""
+    flags = ["--cluster-size", "4", "--hidden-size", "16", "--classes", "20", "--iterations", "10",
+             "--train-data", str(netvlad_data / "train*.tfrecord"),
+             "--validate-data", str(netvlad_data / "validate*.tfrecord")]
+    run_dir = trained.run_dir
+    assert train_command.main([*flags, "--out", str(run_dir.parent), "--run-name", run_dir.name]) == 2
+    assert f"error: {run_dir} already holds 4 checkpoint(s); pass --resume" in capsys.readouterr().err
+    assert train_command.main([*flags, "--out", str(tmp_path), "--run-name", "new", "--resume"]) == 2
+    assert f"error: --resume: {tmp_path / 'new'} holds no checkpoint" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()
+
+
+@pytest.mark.slow
 def test_a_run_refuses_to_resume_with_another_model(trained, netvlad_data):
     from raytrain8m.train import fit
 
@@ -344,8 +359,10 @@ def test_a_run_refused_before_its_workers_start_ends_failed_in_mlflow(synthetic_
 
 # --- the command's door: bad flags give one plain error and exit code 2 ------------------------
 
-@pytest.mark.slow
-def test_bad_train_flags_fail_plainly(netvlad_data, tmp_path):
+def test_bad_train_flags_fail_plainly(netvlad_data, tmp_path, monkeypatch, capsys):
+    """Each a ConfigError or DataError found before Ray starts: one `error:` line, exit code 2.
+    One case runs as `jobs/train.py` in a process of its own (the door itself), the rest in this
+    process through the same `main`."""
     data = ["--train-data", str(netvlad_data / "train*.tfrecord"),
             "--validate-data", str(netvlad_data / "validate*.tfrecord"), "--out", str(tmp_path)]
     cases = {
@@ -368,18 +385,24 @@ def test_bad_train_flags_fail_plainly(netvlad_data, tmp_path):
         f"--out {tmp_path / 'a-file' / 'runs'}: {tmp_path / 'a-file'} is a file, not a directory":
             ["--classes", "20", *data[:4], "--out", str(tmp_path / "a-file" / "runs")],
     })
-    env = {**os.environ, "RAYTRAIN8M_RUNS": str(tmp_path), "MLFLOW_TRACKING_URI": ""}
-    running = {message: subprocess.Popen([sys.executable, str(ROOT / "jobs" / "train.py"), *flags], env=env,
-                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-               for message, flags in cases.items()}
-    for message, process in running.items():
-        _, stderr = process.communicate(timeout=300)
-        assert process.returncode == 2, (message, stderr[-2000:])
+    env = {"RAYTRAIN8M_RUNS": str(tmp_path), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    (message, flags), *rest = cases.items()
+    door = subprocess.run([sys.executable, str(ROOT / "jobs" / "train.py"), *flags], env={**os.environ, **env},
+                          capture_output=True, text=True, timeout=300)
+    outcomes = {message: (door.returncode, door.stderr)}
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    for message, flags in rest:
+        code = train_command.main(flags)
+        outcomes[message] = (code, capsys.readouterr().err)
+    for message, (code, stderr) in outcomes.items():
+        assert code == 2, (message, stderr[-2000:])
         errors = [line for line in stderr.splitlines() if line.startswith("error: ")]
         assert len(errors) == 1 and message in errors[0], stderr[-2000:]
         assert "Traceback" not in stderr
     if (tmp_path / "mlflow.db").exists():  # no run left RUNNING by a refused command
-        runs = tracking.find_runs(uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+        runs = tracking.find_runs(uri=env["MLFLOW_TRACKING_URI"])
         assert all(run.info.status != "RUNNING" for run in runs), [run.info.run_name for run in runs]
 
 
@@ -444,66 +467,6 @@ def test_a_corrupt_record_met_while_training_fails_at_once_naming_it_without_ret
     assert skipping.metrics["skipped_records"] == 1
     run = tracking.client(config.tracking_uri).get_run(skipping.mlflow_run_id)
     assert run.info.status == "FINISHED" and run.data.metrics["skipped_records"] == 1
-
-
-def _files(checkpoints: list[Path]) -> dict[str, tuple[int, int, bytes]]:
-    import hashlib
-
-    return {str(path): (path.stat().st_mtime_ns, path.stat().st_size, hashlib.sha1(path.read_bytes()).digest())
-            for checkpoint in checkpoints for path in sorted(checkpoint.iterdir())}
-
-
-@pytest.mark.slow
-def test_driver_killed_right_after_a_checkpoint_resumes_from_it_in_the_same_mlflow_run_and_overwrites_none(
-        netvlad_data, tmp_path):
-    import signal
-    import time
-
-    out = tmp_path / "runs"
-    # Long enough (a few seconds of steps and checkpoints) that a test process starved of CPU by
-    # other tests still sees checkpoint 20 before the driver ends by itself.
-    steps = 100
-    flags = ["--cluster-size", "4", "--hidden-size", "16", "--classes", "20", "--iterations", "10",
-             "--batch-size", "8", "--max-frames", "12", "--workers", "1", "--lr", "0.01",
-             "--max-steps", str(steps), "--checkpoint-every", "10", "--eval-every", "0", "--log-every", "10",
-             "--train-data", str(netvlad_data / "train*.tfrecord"),
-             "--validate-data", str(netvlad_data / "validate*.tfrecord"), "--out", str(out), "--run-name", "r"]
-    env = {**os.environ, "RAYTRAIN8M_RUNS": str(tmp_path), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'm.db'}"}
-    command = [sys.executable, str(ROOT / "jobs" / "train.py"), *flags]
-    driver = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                              start_new_session=True)
-    try:
-        deadline = time.monotonic() + 600
-        while time.monotonic() < deadline and driver.poll() is None:
-            done = list_checkpoints(out / "r") if (out / "r").is_dir() else []
-            if done and read_state(done[-1])["step"] >= 20:
-                break
-            time.sleep(0.05)
-        assert driver.poll() is None, f"the driver ended ({driver.returncode}) before checkpoint 20 was seen"
-        os.kill(driver.pid, signal.SIGKILL)  # the driver, right after checkpoint 20 is complete on disk
-    finally:
-        time.sleep(1)
-        try:  # then the Ray it started (its own session): nothing of it may write on
-            os.killpg(driver.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        driver.wait()
-    before = list_checkpoints(out / "r")
-    newest = read_state(before[-1])["step"]
-    assert 20 <= newest < steps, newest
-    untouched = _files(before)
-
-    resumed = subprocess.run([*command, "--resume"], env=env, capture_output=True, text=True, timeout=900)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    after = list_checkpoints(out / "r")
-    assert [read_state(path)["step"] for path in after] == list(range(10, steps + 1, 10))
-    assert all(read_state(path)["resumed_from"] == newest for path in after if read_state(path)["step"] > newest)
-    assert {key: value for key, value in _files(after).items() if key in untouched} == untouched
-    # The killed driver's MLflow run goes on (one run, now FINISHED, its loss before and after the kill).
-    [run] = tracking.find_runs(uri=env["MLFLOW_TRACKING_URI"])
-    assert (run.info.run_name, run.info.status) == ("r", "FINISHED")
-    logged = [m.step for m in tracking.client(env["MLFLOW_TRACKING_URI"]).get_metric_history(run.info.run_id, "loss")]
-    assert min(logged) <= newest < max(logged) == steps, logged
 
 
 def test_a_teacher_export_sets_the_students_targets_and_a_wrong_one_is_refused(synthetic_dir, tmp_path):
