@@ -6,9 +6,14 @@
 - `ray_session`: a local Ray with 2 CPUs started once by `raytrain8m.localray.start` (the
   commands' policy: loopback only, token auth, no dashboard), shut down at the end; request it
   in any test that builds Ray Datasets, tasks or actors.
+- `netvlad_data` (Path): synthetic data without the topics' trace in the frame mean.
+- `trained` (train.TrainResult): the one shared tiny Ray Train run on it (tests/_trained_run.py),
+  real checkpoints for every test that only reads them; `trained_and_listeners` adds every TCP
+  listener of this process's Ray while it ran. Treat both as read-only.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -45,3 +50,39 @@ def ray_session():
     yield ray
     if started:
         ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def netvlad_data(tmp_path_factory) -> Path:
+    """Synthetic data whose topics leave no trace in the frame mean (no topic offset): what
+    NetVLAD's clustering sees and mean pooling cannot, as on the real data."""
+    from raytrain8m.data.synthetic import generate
+
+    out = tmp_path_factory.mktemp("netvlad-data")
+    generate(str(out), **{**SYNTHETIC, "topic_offset": 0.0}, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def trained_and_listeners(netvlad_data, tmp_path_factory, ray_session):
+    """The shared run (tests/_trained_run.py) and every TCP listener of this process's Ray while it ran."""
+    from _ray_helpers import ListenerWatch
+    from _trained_run import CPU_HALF, CRASH_AT, train_config
+    from raytrain8m.train import fit
+
+    out = tmp_path_factory.mktemp("train")
+    # Data given relative to the driver's directory, as a user types it; workers run elsewhere.
+    config = train_config(Path(netvlad_data.name), out, crash_at_step=CRASH_AT, ema_decay=0.9)
+    here = os.getcwd()
+    os.chdir(netvlad_data.parent)
+    try:
+        with ListenerWatch() as listeners:
+            result = fit(config, resources_per_worker=CPU_HALF, tags={"test": "test_train"})
+        return result, listeners.seen
+    finally:
+        os.chdir(here)
+
+
+@pytest.fixture(scope="session")
+def trained(trained_and_listeners):
+    return trained_and_listeners[0]

@@ -1,5 +1,6 @@
-"""Training on Ray Train: loss falls, beats the baseline, survives a killed worker and a stopped
-driver, logs to MLflow; the command's flags fail plainly. One shared 2-worker run (slow)."""
+"""Training on Ray Train: loss falls, beats the baseline, survives a killed worker, logs to
+MLflow; the command's flags fail plainly. One shared 2-worker run (conftest's `trained`, slow);
+a killed driver's resume is in tests/test_sweep.py (a trial's driver is `fit`)."""
 from __future__ import annotations
 
 import os
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from _trained_run import CPU_HALF, CRASH_AT, EVERY, STEPS, TINY, train_config as _config
 from raytrain8m import tracking
 from raytrain8m.checkpoint import list_checkpoints, load_checkpoint, read_state
 from raytrain8m.commands import distill as distill_command, train as train_command
@@ -18,9 +20,6 @@ from raytrain8m.models import ModelConfig
 from raytrain8m.train import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ModelConfig(cluster_size=4, hidden_size=16, num_classes=20, iterations=10)
-STEPS, EVERY, CRASH_AT = 20, 5, 7
-CPU_HALF = {"CPU": 0.5}  # ray_session has 2 CPUs: leave room for Ray Data's read tasks
 
 
 # --- fast: the config and the command's parsing ---------------------------------------------
@@ -103,52 +102,7 @@ def test_the_weights_moving_average_follows_each_update_with_a_warm_up_decay():
         TrainConfig(ema_decay=1.0)
 
 
-# --- slow: one shared 2-worker run on synthetic data -----------------------------------------
-
-@pytest.fixture(scope="module")
-def netvlad_data(tmp_path_factory) -> Path:
-    """Synthetic data whose topics leave no trace in the frame mean (no topic offset): what
-    NetVLAD's clustering sees and mean pooling cannot, as on the real data."""
-    import raytrain8m.data.synthetic as synthetic
-
-    out = tmp_path_factory.mktemp("netvlad-data")
-    synthetic.generate(str(out), videos=120, classes=20, max_frames=12, shards=2, seed=0,
-                       topic_offset=0.0, progress=False)
-    return out
-
-
-def _config(data: Path, out: Path, **changes) -> TrainConfig:
-    return TrainConfig(model=TINY, train_data=str(data / "train*.tfrecord"),
-                       validate_data=str(data / "validate*.tfrecord"), batch_size=8, learning_rate=1e-2,
-                       max_steps=STEPS, checkpoint_every=EVERY, eval_every=10, log_every=EVERY,
-                       num_workers=2, max_frames=12, max_failures=1, out=str(out), run_name="tiny",
-                       experiment="test-train", tracking_uri=f"sqlite:///{out / 'mlflow.db'}").replace(**changes)
-
-
-@pytest.fixture(scope="module")
-def trained_and_listeners(netvlad_data, tmp_path_factory, ray_session):
-    """2 workers, 20 steps, a checkpoint every 5, a moving average of the weights; worker 1 is
-    SIGKILLed once at step 7. Also every TCP listener of this process's Ray while it ran."""
-    from _ray_helpers import ListenerWatch
-    from raytrain8m.train import fit
-
-    out = tmp_path_factory.mktemp("train")
-    # Data given relative to the driver's directory, as a user types it; workers run elsewhere.
-    config = _config(Path(netvlad_data.name), out, crash_at_step=CRASH_AT, ema_decay=0.9)
-    here = os.getcwd()
-    os.chdir(netvlad_data.parent)
-    try:
-        with ListenerWatch() as listeners:
-            result = fit(config, resources_per_worker=CPU_HALF, tags={"test": "test_train"})
-        return result, listeners.seen
-    finally:
-        os.chdir(here)
-
-
-@pytest.fixture(scope="module")
-def trained(trained_and_listeners):
-    return trained_and_listeners[0]
-
+# --- slow: the shared 2-worker run (conftest's `trained`, tests/_trained_run.py) -------------
 
 @pytest.mark.slow
 def test_worker_killed_mid_run_resumes_from_checkpoint_to_max_steps(trained):
