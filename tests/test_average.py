@@ -1,4 +1,5 @@
-"""Checkpoint averaging: the elementwise mean of model variables, refusals, the --auto search.\nThe mean and the search run on the shared training run's real checkpoints (conftest's `trained`)."""
+"""Checkpoint averaging: the elementwise mean of model variables, refusals, the --auto search.
+The mean and the search run on the shared training run's real checkpoints (conftest's `trained`)."""
 from __future__ import annotations
 
 import numpy as np
