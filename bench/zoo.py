@@ -52,9 +52,7 @@ def main(argv=None) -> int:
 
     out = Path(args.sweep).expanduser().absolute()
     try:
-        statuses = sweep_records.sweep_status(out)
-        saved = sweep_records.read_sweep(out)
-        run_dirs = [Path(saved["sweep"]["train_out"]) / status.model for status in statuses if status.done]
+        run_dirs = [trial.run_dir for trial in sweep_records.finished_trials(sweep_records.read_sweep(out))]
         if not run_dirs:
             raise Raytrain8mError(f"{out}: no finished trial to put in a zoo")
         choose, report, split = sweep_records.scoring_data(out)

@@ -31,7 +31,7 @@ from raytrain8m.holdout import SPLIT_JSON, Split
 from raytrain8m.models import NAME_FIELDS, ModelConfig
 from raytrain8m.placement import (BATCH_SIZES, CPU, Placement, cluster_has_gpus, gpu_inventory, parse_grid, plan,
                                   plan_table, worker_gpu_types)
-from raytrain8m.sweep_records import (SWEEP_JSON, TRAIN_DIR, TRIAL_JSON, TrialOutcome, finished_trial, read_sweep,
+from raytrain8m.sweep_records import (SWEEP_JSON, TRAIN_DIR, TRIAL_JSON, TrialOutcome, finished_trials, read_sweep,
                                       write_json)
 from raytrain8m.train import TrainConfig
 
@@ -278,8 +278,7 @@ def resume_sweep(out: str | os.PathLike) -> SweepResult:
                           "start the sweep again in a new --out")
     placements = [Placement.from_dict(p) for p in saved["placements"]]
     sweep = saved["sweep"]
-    finished = [outcome for outcome in map(finished_trial, [Path(sweep["train_out"]) / p.model
-                                                           for p in placements]) if outcome]
+    finished = finished_trials(saved)
     done = {outcome.model for outcome in finished}
     pending = [p for p in placements if p.model not in done]
     log.info("resuming %s: %d of %d trials finished; running %s", out, len(done), len(placements),

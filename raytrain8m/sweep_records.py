@@ -71,6 +71,12 @@ def finished_trial(run_dir: Path) -> TrialOutcome | None:
                         mlflow_run_id=report.get("mlflow_run_id"))
 
 
+def finished_trials(saved: dict[str, Any]) -> list[TrialOutcome]:
+    """The trials of a sweep (its `read_sweep` record) that wrote their trial.json, in plan order."""
+    run_dirs = [Path(saved["sweep"]["train_out"]) / placement["model"] for placement in saved["placements"]]
+    return [outcome for outcome in map(finished_trial, run_dirs) if outcome]
+
+
 @dataclasses.dataclass(frozen=True)
 class TrialStatus:
     model: str

@@ -217,16 +217,12 @@ def _tune_statuses(tune_dir: Path) -> dict[str, str]:
     return {}
 
 
-def _files_of(checkpoints: list[Path]) -> dict[str, tuple[int, int, bytes]]:
-    """{path: (mtime_ns, size, sha1)} of every file of these checkpoints."""
-    return {str(path): (path.stat().st_mtime_ns, path.stat().st_size, hashlib.sha1(path.read_bytes()).digest())
-            for checkpoint in checkpoints for path in sorted(checkpoint.iterdir())}
-
-
-def _files(root: Path) -> dict[str, tuple[int, int]]:
-    """{relative path: (inode, mtime_ns)} of every file under `root`."""
-    return {str(path.relative_to(root)): (path.stat().st_ino, path.stat().st_mtime_ns)
-            for path in sorted(root.rglob("*")) if path.is_file()}
+def _files(*roots: Path) -> dict[str, tuple[int, int, int, bytes]]:
+    """{path: (inode, mtime_ns, size, sha1)} of every file under `roots`: equal only if none
+    was rewritten, replaced or touched."""
+    return {str(path): (path.stat().st_ino, path.stat().st_mtime_ns, path.stat().st_size,
+                        hashlib.sha1(path.read_bytes()).digest())
+            for root in roots for path in sorted(root.rglob("*")) if path.is_file()}
 
 
 @pytest.mark.slow
@@ -299,7 +295,7 @@ def test_sweep_driver_killed_then_resumed_finishes_only_the_unfinished_trials(sy
         before = list_checkpoints(unfinished_dir)
         newest = read_state(before[-1])["step"]
         assert every <= newest < max_steps, newest
-        untouched = _files_of(before)
+        untouched = _files(*before)
     finally:
         if driver.poll() is None:
             os.killpg(driver.pid, signal.SIGKILL)
@@ -334,7 +330,7 @@ def test_sweep_driver_killed_then_resumed_finishes_only_the_unfinished_trials(sy
     # the killed trial went on from its newest checkpoint and rewrote none of those before it
     after = list_checkpoints(unfinished_dir)
     assert all(read_state(path)["resumed_from"] == newest for path in after if read_state(path)["step"] > newest)
-    assert {key: value for key, value in _files_of(after).items() if key in untouched} == untouched
+    assert {key: value for key, value in _files(*after).items() if key in untouched} == untouched
     assert _tune_statuses(out / f"{TUNE_DIR}-resume-1") == {unfinished: "TERMINATED"}  # only it ran
     # a finished sweep resumes to the same result without starting Ray or any trial
     again = resume_sweep(out)
