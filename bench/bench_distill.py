@@ -3,7 +3,7 @@
     python bench/bench_distill.py    # synthetic data (420 train, 720 validate videos); a 2-member teacher
                                      # (K8-H24 + K16-H48) and K4-H16 students trained here, seeded (~4 min, 2 CPUs)
 
-Students use the project's own train step (`trainloop.train_locally`: one process, no Ray),
+Students use the project's own train step (`train.loop.train_locally`: one process, no Ray),
 the same steps, batch and learning rate; only the targets differ (`--distill-lambda`).
 Prints a table; the last line is one JSON object.
 """
@@ -23,13 +23,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--lambdas", default="0,0.5,1", help="distill_lambda values (0 = labels only)")
     args = parser.parse_args(argv)
 
-    from bench_ensemble import train_tiny_run
+    from raytrain8m.compose.ensemble import make_ensemble
     from raytrain8m.data.synthetic import generate
-    from raytrain8m.ensemble import make_ensemble
-    from raytrain8m.evaluate import evaluate, predictor
     from raytrain8m.models import ModelConfig
-    from raytrain8m.train import TrainConfig
-    from raytrain8m.trainloop import train_locally
+    from raytrain8m.records.evaluate import evaluate, predictor
+    from raytrain8m.train.config import TrainConfig
+    from raytrain8m.train.loop import train_locally
+
+    from bench_ensemble import train_tiny_run
 
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-distill-") as work:
@@ -38,7 +39,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         generate(str(data), videos=1200, classes=20, max_frames=12, shards=1, seed=0, validate_fraction=0.6,
                  test_fraction=0.05, progress=False)
         validate = str(data / "validate*.tfrecord")
-        members = [train_tiny_run(data, work / f"K{k}-H{h}", k, h, seed, steps=300, every=300) / "ckpt-000300"
+        members = [train_tiny_run(data, work / f"K{k}-H{h}", k, h, seed, steps=300, every=300) / "checkpoint_00000300"
                    for k, h, seed in ((8, 24, 2), (16, 48, 3))]
         teacher = make_ensemble(",".join(map(str, members)), work / "teacher", validate_data=validate,
                                 progress=False, track=False)

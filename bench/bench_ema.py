@@ -22,10 +22,10 @@ def run(data: Path, decay: float, steps: int, every: int) -> list[dict]:
     import tensorflow as tf
 
     from raytrain8m.data.batches import iter_batches, to_model_inputs
-    from raytrain8m.evaluate import evaluate, model_from_tensors, predictor
     from raytrain8m.models import MODELS, ModelConfig
-    from raytrain8m.train import TrainConfig
-    from raytrain8m.trainloop import make_ema, make_optimizer, make_train_step
+    from raytrain8m.records.evaluate import evaluate, model_from_tensors, predictor
+    from raytrain8m.train.config import TrainConfig
+    from raytrain8m.train.loop import make_ema, make_optimizer, make_train_step
 
     model_config = ModelConfig(cluster_size=8, hidden_size=24, num_classes=20, iterations=10)
     config = TrainConfig(model=model_config, batch_size=32, learning_rate=3e-3, max_frames=12, ema_decay=decay)

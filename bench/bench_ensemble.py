@@ -18,49 +18,29 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 
 
 def train_tiny_run(data_dir: Path, run_dir: Path, cluster_size: int, hidden_size: int, seed: int,
-                   steps: int = 400, every: int = 50) -> Path:
-    """A tiny Gated NetVLAD trained with eager Adam on the synthetic train split, a checkpoint every `every` steps."""
-    import tensorflow as tf
-
-    from raytrain8m.checkpoint import save_checkpoint
-    from raytrain8m.data.batches import iter_batches, to_model_inputs
-    from raytrain8m.models import ModelConfig, create_variables, cross_entropy, from_variables
+                   steps: int = 400, every: int = 50, max_frames: int = 12) -> Path:
+    """A tiny Gated NetVLAD trained by training's own step (`train.loop.train_locally`, one process,
+    batch 32, Adam 3e-3) on the synthetic train split, a checkpoint every `every` steps
+    (`run_dir/checkpoint_<step:08d>`, as a worker writes them)."""
+    from raytrain8m.models import ModelConfig
+    from raytrain8m.train.config import TrainConfig
+    from raytrain8m.train.loop import train_locally
 
     config = ModelConfig(cluster_size=cluster_size, hidden_size=hidden_size, num_classes=20, iterations=10)
-    batches = [to_model_inputs(b, 20) for b in iter_batches(str(data_dir / "train*.tfrecord"), 64, num_classes=20)]
-    width = max(f.shape[1] for f, _, _ in batches)
-    frames = np.concatenate([np.pad(f, ((0, 0), (0, width - f.shape[1]), (0, 0))) for f, _, _ in batches])
-    num_frames, labels = np.concatenate([n for _, n, _ in batches]), np.concatenate([y for _, _, y in batches])
-    variables = create_variables(config, seed=seed)
-    model = from_variables(config, variables)
-    trainable = [v for v in variables.values() if v.trainable]
-    optimizer = tf.keras.optimizers.Adam(3e-3)
-
-    @tf.function
-    def step(f, n, y):
-        with tf.GradientTape() as tape:
-            loss = cross_entropy(model(f, n, training=True), y)
-        optimizer.apply_gradients(zip(tape.gradient(loss, trainable), trainable))
-
-    rng = np.random.default_rng(seed)
-    for index in range(1, steps + 1):
-        batch = rng.integers(0, len(frames), 32)
-        step(frames[batch], num_frames[batch], labels[batch])
-        if index % every == 0:
-            save_checkpoint(run_dir / f"ckpt-{index:06d}", config,
-                            {name: v.numpy() for name, v in variables.items()}, step=index)
+    train_locally(TrainConfig(model=config, train_data=str(data_dir / "train*.tfrecord"), batch_size=32,
+                              learning_rate=3e-3, max_steps=steps, checkpoint_every=every, seed=seed,
+                              max_frames=max_frames, out=str(run_dir.parent), run_name=run_dir.name))
     return run_dir
 
 
 def bench(runs: Sequence[Path], validate: str, work: Path) -> dict:
-    from raytrain8m.average import auto_average
-    from raytrain8m.compress import compress_checkpoint
-    from raytrain8m.ensemble import member_from_checkpoint, predict_members, tune_weights
-    from raytrain8m.export import export_ensemble
+    from raytrain8m.compose.compress import compress_checkpoint
+    from raytrain8m.compose.ensemble import member_from_checkpoint, predict_members, tune_weights
+    from raytrain8m.compose.export import export_ensemble
+    from raytrain8m.select.average import auto_average
 
     result: dict = {"members": []}
     averaged = []
@@ -131,7 +111,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             tf.config.experimental.enable_op_determinism()
             generate(str(work / "data"), videos=args.videos, classes=20, max_frames=20, shards=2, seed=0,
                      progress=False)
-            runs = [train_tiny_run(work / "data", work / f"run{i}", k, h, seed=i + 1, steps=args.steps)
+            runs = [train_tiny_run(work / "data", work / f"run{i}", k, h, seed=i + 1, steps=args.steps,
+                                   max_frames=20)
                     for i, (k, h) in enumerate(((4, 16), (8, 24)))]
             validate = str(work / "data" / "validate*.tfrecord")
         result = bench(runs, validate, work)

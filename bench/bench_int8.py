@@ -23,8 +23,9 @@ VARIANTS = (("fp16", "affine"), ("int8", "affine"), ("int8", "codebook"))
 
 
 def tiny_set(work: Path, steps: int) -> tuple[list[Path], str]:
-    from bench_ensemble import train_tiny_run
     from raytrain8m.data.synthetic import generate
+
+    from bench_ensemble import train_tiny_run
 
     data = work / "data"
     generate(str(data), videos=1200, classes=20, max_frames=12, shards=1, seed=0, validate_fraction=0.6,
@@ -33,12 +34,12 @@ def tiny_set(work: Path, steps: int) -> tuple[list[Path], str]:
     for cluster_size, hidden_size, seed in ((4, 16, 1), (8, 24, 2), (16, 48, 3)):
         run = train_tiny_run(data, work / f"K{cluster_size}-H{hidden_size}", cluster_size, hidden_size, seed,
                              steps=steps, every=steps)
-        checkpoints.append(run / f"ckpt-{steps:06d}")
+        checkpoints.append(run / f"checkpoint_{steps:08d}")
     return checkpoints, str(data / "validate*.tfrecord")
 
 
 def bench(checkpoints: Sequence[Path], validate: str, work: Path) -> dict:
-    from raytrain8m.compress import compress_checkpoint
+    from raytrain8m.compose.compress import compress_checkpoint
     from raytrain8m.models import ModelConfig, size_mib
 
     rows = []

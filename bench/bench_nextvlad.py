@@ -5,7 +5,7 @@
                                                        # size, 2 seeds each (a few minutes on 2 CPUs)
     python bench/bench_nextvlad.py --gated K16-H64 --nextvlad NX-K8-H64 --steps 400 --seeds 3
 
-Both train with the same step function (`trainloop.train_locally`: Adam, clip, the same batches
+Both train with the same step function (`train.loop.train_locally`: Adam, clip, the same batches
 and learning rate), one process, no Ray. The NeXtVLAD is the one whose fp16 size is nearest the
 Gated NetVLAD's unless given. Prints a table; the last line is one JSON object.
 """
@@ -35,10 +35,10 @@ def nearest_nextvlad(target_mib: float, num_classes: int, iterations: int) -> st
 def train_and_score(name: str, data: Path, args: argparse.Namespace, seed: int) -> dict:
     import tensorflow as tf
 
-    from raytrain8m.evaluate import evaluate, predictor
     from raytrain8m.models import ModelConfig, num_parameters, size_mib
-    from raytrain8m.train import TrainConfig
-    from raytrain8m.trainloop import train_locally
+    from raytrain8m.records.evaluate import evaluate, predictor
+    from raytrain8m.train.config import TrainConfig
+    from raytrain8m.train.loop import train_locally
 
     model = ModelConfig.from_name(name, num_classes=args.classes, iterations=args.frames)
     config = TrainConfig(model=model, train_data=str(data / "train*.tfrecord"),

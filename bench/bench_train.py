@@ -36,8 +36,8 @@ def bench_step(args: argparse.Namespace, model_name: str | None = None, batch_si
     import tensorflow as tf
 
     from raytrain8m.models import ModelConfig, build, flops_per_video
-    from raytrain8m.train import TrainConfig
-    from raytrain8m.trainloop import make_optimizer, make_train_step
+    from raytrain8m.train.config import TrainConfig
+    from raytrain8m.train.loop import make_optimizer, make_train_step
 
     batch_size = batch_size or args.batch_size
     model_config = ModelConfig.from_name(model_name or args.model, num_classes=args.classes,
@@ -76,9 +76,9 @@ def bench_grid(args: argparse.Namespace) -> dict:
     import tensorflow as tf
     from tqdm import tqdm
 
-    from raytrain8m.gpus import profile
     from raytrain8m.models import ModelConfig
-    from raytrain8m.placement import largest_batch, parse_grid
+    from raytrain8m.runtime.gpus import profile
+    from raytrain8m.sweep.placement import largest_batch, parse_grid
 
     memory = profile(args.gpu_type).memory_gib if args.gpu_type else None
     if args.gpu_type and not tf.config.list_physical_devices("GPU"):
@@ -114,10 +114,11 @@ def bench_grid(args: argparse.Namespace) -> dict:
 def bench_ray(args: argparse.Namespace) -> dict:
     import ray
 
-    from raytrain8m import tracking
     from raytrain8m.data import generate
     from raytrain8m.models import ModelConfig
-    from raytrain8m.train import TrainConfig, fit
+    from raytrain8m.records import tracking
+    from raytrain8m.train.config import TrainConfig
+    from raytrain8m.train.driver import fit
 
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "data"

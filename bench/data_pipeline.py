@@ -34,8 +34,8 @@ def ours(glob: str, args: argparse.Namespace, dequantize: bool) -> float:
 
     from raytrain8m.data.datasource import read_dataset
     from raytrain8m.models import ModelConfig
-    from raytrain8m.train import TrainConfig
-    from raytrain8m.trainloop import batches, dequantize_frames, prefetch
+    from raytrain8m.train.config import TrainConfig
+    from raytrain8m.train.loop import batches, dequantize_frames, prefetch
 
     config = TrainConfig(model=ModelConfig(num_classes=args.classes), batch_size=args.batch_size,
                          max_frames=args.max_frames, shuffle_buffer=args.shuffle_buffer)
@@ -115,7 +115,7 @@ def main() -> int:
     import ray
 
     from raytrain8m.data import generate, iter_batches
-    from raytrain8m.train import TrainConfig
+    from raytrain8m.train.config import TrainConfig
 
     if args.shuffle_buffer is None:
         args.shuffle_buffer = TrainConfig.shuffle_buffer

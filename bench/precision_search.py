@@ -35,9 +35,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from raytrain8m import sweep_records
-    from raytrain8m.ensemble import format_table, search
-    from raytrain8m.errors import Raytrain8mError
+    from raytrain8m.compose.ensemble import format_table, search
+    from raytrain8m.runtime.errors import Raytrain8mError
+    from raytrain8m.sweep import records as sweep_records
 
     out = Path(args.sweep).expanduser().absolute()
     figures = {"budget_mib": args.budget}

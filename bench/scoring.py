@@ -62,7 +62,7 @@ def chunk(seed: int, index: int, videos: int, classes: int, members: int = 1):
 
 
 def score(args) -> dict:
-    from raytrain8m.metrics import MetricsAccumulator
+    from raytrain8m.records.metrics import MetricsAccumulator
 
     accumulator = MetricsAccumulator(args.classes)
     scoring_s = 0.0
@@ -80,7 +80,7 @@ def score(args) -> dict:
 
 
 def search(args) -> dict:
-    from raytrain8m.predictions import PredictionStore, rank_combinations
+    from raytrain8m.records.predictions import PredictionStore, rank_combinations
 
     store = PredictionStore.create(Path(args.work) / "store", args.classes)
     started = time.perf_counter()

@@ -54,9 +54,9 @@ def bare_step(config, args: argparse.Namespace) -> tuple[float, str]:
     import numpy as np
     import tensorflow as tf
 
-    from raytrain8m.mixed_precision import matmul_dtypes
     from raytrain8m.models import MODELS
-    from raytrain8m.trainloop import make_optimizer, make_train_step
+    from raytrain8m.train.loop import make_optimizer, make_train_step
+    from raytrain8m.train.mixed_precision import matmul_dtypes
 
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
     with strategy.scope():
@@ -83,9 +83,9 @@ def ray_run(config, args: argparse.Namespace, tmp: str) -> dict:
     """A 1-worker `fit` on synthetic shards: steady examples/s and start-up seconds."""
     import ray
 
-    from raytrain8m import tracking
     from raytrain8m.data import generate
-    from raytrain8m.train import fit
+    from raytrain8m.records import tracking
+    from raytrain8m.train.driver import fit
 
     data = Path(tmp) / "data"
     generate(str(data), videos=max(args.videos, 2 * config.batch_size * 10 // 7 + 10), classes=config.model.num_classes,
@@ -110,7 +110,7 @@ def ray_run(config, args: argparse.Namespace, tmp: str) -> dict:
 
 
 def main() -> int:
-    from raytrain8m.train import MIXED_PRECISIONS
+    from raytrain8m.train.config import MIXED_PRECISIONS
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="K16-H256")
@@ -136,7 +136,7 @@ def main() -> int:
     import tensorflow as tf
 
     from raytrain8m.models import ModelConfig, flops_per_video
-    from raytrain8m.train import TrainConfig
+    from raytrain8m.train.config import TrainConfig
 
     model = ModelConfig.from_name(args.model, num_classes=args.classes, iterations=args.iterations)
     changes = {"jit_compile": True} if args.jit_compile else {}

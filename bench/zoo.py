@@ -36,7 +36,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def build(run_dirs, choose, report, split, parallel: bool, recorded: bool):
-    from raytrain8m.zoo import build_zoo
+    from raytrain8m.select.zoo import build_zoo
 
     with tempfile.TemporaryDirectory(prefix="bench-zoo-") as out:
         started = time.perf_counter()
@@ -47,8 +47,9 @@ def build(run_dirs, choose, report, split, parallel: bool, recorded: bool):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from raytrain8m import localray, sweep_records
-    from raytrain8m.errors import Raytrain8mError
+    from raytrain8m.runtime import localray
+    from raytrain8m.runtime.errors import Raytrain8mError
+    from raytrain8m.sweep import records as sweep_records
 
     out = Path(args.sweep).expanduser().absolute()
     try:

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from raytrain8m.checkpoint import save_checkpoint
-from raytrain8m.models import ModelConfig, create_variables, cross_entropy, from_variables, size_mib
+from raytrain8m.models import ModelConfig, create_variables, size_mib
+from raytrain8m.records.checkpoint import save_checkpoint
 
 NUM_CLASSES = 20
 ITERATIONS = 10
@@ -68,51 +68,37 @@ def load_split(data_dir: Path, split: str):
 
 
 def train_member(data_dir: Path, directory: Path, config: ModelConfig, seed: int, steps: int = 300,
-                 batch_size: int = 32, learning_rate: float = 3e-3) -> Path:
-    """A member that learned something: `steps` Adam steps on the synthetic train split, the same
-    weights on every run (seeded, deterministic ops)."""
+                 batch_size: int = 28, learning_rate: float = 3e-3) -> Path:
+    """A member that learned something: `steps` steps of training's own step and optimizer
+    (`train.loop.train_locally`, one process) on the synthetic train split, its last checkpoint
+    written as a worker writes it (optimizer slots included) under `directory`. The same weights
+    on every run (seeded, deterministic ops). Batches of 28 cover conftest's 84 train videos
+    whole (the step takes full batches only)."""
+    from raytrain8m.train.config import TrainConfig
+    from raytrain8m.train.loop import train_locally
+
+    train = TrainConfig(model=config, train_data=str(data_dir / "train*.tfrecord"), batch_size=batch_size,
+                        learning_rate=learning_rate, max_steps=steps, checkpoint_every=steps, seed=seed,
+                        max_frames=12, out=str(directory.parent), run_name=directory.name)
     with deterministic(seed):
-        return _train_member(data_dir, directory, config, seed, steps, batch_size, learning_rate)
-
-
-def _train_member(data_dir: Path, directory: Path, config: ModelConfig, seed: int, steps: int,
-                  batch_size: int, learning_rate: float) -> Path:
-    frames, num_frames, labels = load_split(data_dir, "train")
-    variables = create_variables(config, seed=seed)
-    model = from_variables(config, variables)
-    trainable = [v for v in variables.values() if v.trainable]
-    optimizer = tf.keras.optimizers.Adam(learning_rate)
-
-    @tf.function
-    def step(f, n, y):
-        with tf.GradientTape() as tape:
-            loss = cross_entropy(model(f, n, training=True), y)
-        optimizer.apply_gradients(zip(tape.gradient(loss, trainable), trainable))
-        return loss
-
-    rng = np.random.default_rng(seed)
-    for _ in range(steps):
-        index = rng.integers(0, len(frames), batch_size)
-        step(frames[index], num_frames[index], labels[index])
-    tensors = {name: variable.numpy() for name, variable in variables.items()}
-    tensors["optimizer/iterations"] = np.array(steps, np.int64)
-    return save_checkpoint(directory, config, tensors, step=steps)
+        train_locally(train)
+    return directory / f"checkpoint_{steps:08d}"
 
 
 def trained_members(data_dir: Path, root: Path, steps: int = 300) -> list[Path]:
-    """Two differently shaped trained members, made once per session under `root`."""
+    """Two differently shaped trained members, made once per session under `root`: their checkpoints."""
     specs = [(tiny_config(4, 16), 1), (tiny_config(8, 24), 2)]
-    paths = [root / f"member-{config.name}" for config, _ in specs]
+    paths = [root / f"member-{config.name}" / f"checkpoint_{steps:08d}" for config, _ in specs]
     for path, (config, seed) in zip(paths, specs):
         if not (path / "state.json").is_file():
-            train_member(data_dir, path, config, seed, steps)
+            train_member(data_dir, path.parent, config, seed, steps)
     return paths
 
 
 def write_zoo(path: Path, checkpoints: list[Path], letters: str, gaps: list[float] | None = None,
               fp16_mib: list[float] | None = None) -> Path:
     """A zoo.json in the sweep's format for the given checkpoints."""
-    from raytrain8m.checkpoint import read_config
+    from raytrain8m.records.checkpoint import read_config
 
     models = []
     for index, (checkpoint, letter) in enumerate(zip(checkpoints, letters)):

@@ -11,8 +11,8 @@ import numpy as np
 import tensorflow as tf
 
 from raytrain8m.models import MODELS, ModelConfig
-from raytrain8m.train import TrainConfig
-from raytrain8m.trainloop import make_optimizer, make_train_step, snapshot
+from raytrain8m.train.config import TrainConfig
+from raytrain8m.train.loop import make_optimizer, make_train_step, snapshot
 
 GLOBAL_BATCH, FRAMES, CLASSES = 16, 6, 20
 

@@ -3,7 +3,7 @@
 - `synthetic_dir` (Path): made once by `raytrain8m.data.generate` with SYNTHETIC below:
   DIR/train000{0,1}.tfrecord, validate000{0,1}.tfrecord, test000{0,1}.tfrecord (test
   unlabelled) and DIR/synthetic.json (the generator's summary). Treat it as read-only.
-- `ray_session`: a local Ray with 2 CPUs started once by `raytrain8m.localray.start` (the
+- `ray_session`: a local Ray with 2 CPUs started once by `raytrain8m.runtime.localray.start` (the
   commands' policy: loopback only, token auth, no dashboard), shut down at the end; request it
   in any test that builds Ray Datasets, tasks or actors.
 - `netvlad_data` (Path): synthetic data without the topics' trace in the frame mean.
@@ -37,7 +37,7 @@ def ray_session():
 
     import ray
 
-    from raytrain8m import localray
+    from raytrain8m.runtime import localray
 
     started = False
     if not ray.is_initialized():
@@ -66,13 +66,15 @@ def netvlad_data(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def trained_and_listeners(netvlad_data, tmp_path_factory, ray_session):
     """The shared run (tests/_trained_run.py) and every TCP listener of this process's Ray while it ran."""
+    from raytrain8m.train.driver import fit
+
     from _ray_helpers import ListenerWatch
-    from _trained_run import CPU_HALF, CRASH_AT, train_config
-    from raytrain8m.train import fit
+    from _trained_run import CPU_HALF, CRASH_AT, plan_crash, train_config
 
     out = tmp_path_factory.mktemp("train")
     # Data given relative to the driver's directory, as a user types it; workers run elsewhere.
-    config = train_config(Path(netvlad_data.name), out, crash_at_step=CRASH_AT, ema_decay=0.9)
+    config = train_config(Path(netvlad_data.name), out, ema_decay=0.9)
+    plan_crash(config, CRASH_AT)
     here = os.getcwd()
     os.chdir(netvlad_data.parent)
     try:

@@ -1,4 +1,4 @@
-"""raytrain8m.atomic: a reader sees the old version or the new one, never a part; concurrent
+"""raytrain8m.runtime.atomic: a reader sees the old version or the new one, never a part; concurrent
 writers never share a temporary; a failed or killed writer leaves the old version as it was."""
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from raytrain8m import atomic
-from raytrain8m.predictions import PredictionStore
+from raytrain8m.records.predictions import PredictionStore
+from raytrain8m.runtime import atomic
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -125,7 +125,7 @@ def test_concurrent_writers_of_one_directory_each_install_a_whole_one(tmp_path):
 KILLED_WRITER = """
 import sys, time
 from pathlib import Path
-from raytrain8m import atomic
+from raytrain8m.runtime import atomic
 target = Path(sys.argv[1])
 if sys.argv[2] == "file":
     with atomic.staged_file(target, "wb") as out:

@@ -5,12 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from _ensemble_helpers import random_checkpoint, tiny_config
 from raytrain8m.commands import average as average_command
-from raytrain8m.average import auto_average, average, candidate_ranges, resolve_checkpoints, select
-from raytrain8m.checkpoint import load_checkpoint, read_state, save_checkpoint
-from raytrain8m.errors import CheckpointError
 from raytrain8m.models import variable_specs
+from raytrain8m.records.checkpoint import load_checkpoint, read_state, save_checkpoint
+from raytrain8m.runtime.errors import CheckpointError
+from raytrain8m.select.average import auto_average, average, candidate_ranges, resolve_checkpoints, select
+
+from _ensemble_helpers import random_checkpoint, tiny_config
 
 
 def _run(tmp_path, count=3, config=None):
@@ -27,7 +28,7 @@ def _run(tmp_path, count=3, config=None):
 
 
 def test_nextvlad_checkpoints_average_and_compress_by_their_own_variables(tmp_path):
-    from raytrain8m.compress import to_fp16
+    from raytrain8m.compose.compress import to_fp16
     from raytrain8m.models import half_tensors
 
     config = tiny_config(family="nextvlad")
@@ -106,8 +107,8 @@ def test_auto_average_keeps_the_best_range_around_the_best_checkpoint_and_logs_t
     """On the shared training run's checkpoints: the kept range holds the best single checkpoint,
     its GAP is that of the checkpoint written (evaluated again here, not copied), and the
     choice goes to MLflow."""
-    from raytrain8m import tracking
-    from raytrain8m.evaluate import evaluate_checkpoint
+    from raytrain8m.records import tracking
+    from raytrain8m.records.evaluate import evaluate_checkpoint
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     validate = str(netvlad_data / "validate*.tfrecord")

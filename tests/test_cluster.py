@@ -25,8 +25,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from raytrain8m.gpus import GPU_PROFILES, GPU_TYPE_LABEL
-from raytrain8m.localray import CLUSTER_SWITCH
+from raytrain8m.runtime.gpus import GPU_PROFILES, GPU_TYPE_LABEL
+from raytrain8m.runtime.localray import CLUSTER_SWITCH
 
 REPO = Path(__file__).resolve().parents[1]
 CLUSTER_FILES = {"gcp": REPO / "cluster" / "gcp.yaml", "onprem": REPO / "cluster" / "onprem.yaml"}
@@ -296,7 +296,7 @@ def test_job_submitted_to_cluster_sees_gpu_type_label_and_logs_to_mlflow_server(
 @pytest.fixture(scope="module")
 def t4_batch_data(tmp_path_factory) -> Path:
     """Synthetic data with a full batch for a T4: the sweep gives a `gpu-type=T4` node batch
-    160 (raytrain8m.placement), more train videos than conftest's shared set holds."""
+    160 (raytrain8m.sweep.placement), more train videos than conftest's shared set holds."""
     from raytrain8m.data.synthetic import generate
 
     out = tmp_path_factory.mktemp("t4-batch-data")

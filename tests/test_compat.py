@@ -1,10 +1,10 @@
-"""Each version-sensitive hook in raytrain8m/compat.py against the installed Ray and Keras: an
+"""Each version-sensitive hook in raytrain8m/runtime/compat.py against the installed Ray and Keras: an
 upgrade that moves or drops one fails here, by name. Fast: no Ray instance is started."""
 from __future__ import annotations
 
 import pytest
 
-from raytrain8m import compat
+from raytrain8m.runtime import compat
 
 
 def test_the_tensorflow_backend_gives_each_worker_a_tf_config_tensorflow_reads(monkeypatch):
@@ -72,13 +72,13 @@ def test_keras_still_sums_gradients_in_the_hook_we_skip():
 
 
 def test_tensorflow_loads_with_scikit_learn_and_pandas_hidden_and_both_import_after():
-    """raytrain8m.lazy hides them while TensorFlow loads (Keras imports them only if present,
+    """raytrain8m.runtime.lazy hides them while TensorFlow loads (Keras imports them only if present,
     ≈3 s of the import); a Keras that needed them would fail here, and every worker with it."""
     import subprocess
     import sys
 
     probe = ("import sys\n"
-             "from raytrain8m.lazy import tensorflow as tf\n"
+             "from raytrain8m.runtime.lazy import tensorflow as tf\n"
              "tf.constant(1)\n"
              "loaded = sorted(name for name in ('sklearn', 'pandas') if name in sys.modules)\n"
              "import sklearn, pandas\n"

@@ -11,11 +11,25 @@ import numpy as np
 import pyarrow.fs as pafs
 import pytest
 
-from raytrain8m.data import (DataError, ReadStats, decode_frame_record, decode_records,
-                             dequantize, encode_frame_example, encode_video_example, expand,
-                             generate, iter_batches, quantize, read_records,
-                             register_filesystem, split_files, to_model_inputs,
-                             unregister_filesystem, write_records)
+from raytrain8m.data import (
+    DataError,
+    ReadStats,
+    decode_frame_record,
+    decode_records,
+    dequantize,
+    encode_frame_example,
+    encode_video_example,
+    expand,
+    generate,
+    iter_batches,
+    quantize,
+    read_records,
+    register_filesystem,
+    split_files,
+    to_model_inputs,
+    unregister_filesystem,
+    write_records,
+)
 from raytrain8m.data.examples import SequenceExample
 from raytrain8m.data.schema import AUDIO_SIZE, FEATURE_SIZE, RGB_SIZE
 

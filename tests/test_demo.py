@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from raytrain8m.demo import SCALES, DemoScale, synthesise
+from raytrain8m.pipeline.demo import SCALES, DemoScale, synthesise
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -7,13 +7,19 @@ import logging
 import numpy as np
 import pytest
 
-from _ensemble_helpers import constant_checkpoint, tiny_config, trained_members, write_zoo
 from raytrain8m.commands import ensemble as ensemble_command
-from raytrain8m.ensemble import (
-    format_table, make_ensemble, normalise_weights, resolve_members, search, tune_weights,
+from raytrain8m.compose.ensemble import (
+    format_table,
+    make_ensemble,
+    normalise_weights,
+    resolve_members,
+    search,
+    tune_weights,
 )
-from raytrain8m.errors import BudgetError, CheckpointError, ConfigError
-from raytrain8m.predictions import PredictionStore
+from raytrain8m.records.predictions import PredictionStore
+from raytrain8m.runtime.errors import BudgetError, CheckpointError, ConfigError
+
+from _ensemble_helpers import constant_checkpoint, tiny_config, trained_members, write_zoo
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +74,7 @@ def test_a_weight_count_mismatch_is_an_error(members, tmp_path):
 
 
 def test_weights_not_summing_to_one_are_normalised_with_a_warning(members, tmp_path, caplog):
-    with caplog.at_level(logging.WARNING, logger="raytrain8m.ensemble"):
+    with caplog.at_level(logging.WARNING, logger="raytrain8m.compose.ensemble"):
         make_ensemble(_spec(members), tmp_path / "out", weights=[3.0, 1.0], track=False)
     assert "normalising" in caplog.text
     assert json.loads((tmp_path / "out" / "ensemble.json").read_text())["weights"] == [0.75, 0.25]

@@ -6,11 +6,12 @@ import json
 import numpy as np
 import pytest
 
-from _ensemble_helpers import load_split, random_checkpoint, tiny_config
-from raytrain8m import tracking
 from raytrain8m.commands import evaluate as evaluate_command
-from raytrain8m.evaluate import load_predictor
-from raytrain8m.metrics import gap
+from raytrain8m.records import tracking
+from raytrain8m.records.evaluate import load_predictor
+from raytrain8m.records.metrics import gap
+
+from _ensemble_helpers import load_split, random_checkpoint, tiny_config
 
 
 def test_evaluate_job_prints_the_metrics_and_logs_them_to_mlflow(synthetic_dir, tmp_path, monkeypatch, capsys):

@@ -9,15 +9,16 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from _ensemble_helpers import FRESH_PROCESS, assert_the_starters_way_matches_the_csv, random_checkpoint, tiny_config
-from raytrain8m.checkpoint import load_checkpoint
-from raytrain8m.compress import built_size_mib, compress_checkpoint
-from raytrain8m.ensemble import member_from_checkpoint
-from raytrain8m.errors import ConfigError
-from raytrain8m.evaluate import load_predictor
-from raytrain8m.export import export_ensemble
-from raytrain8m.infer import load_model
+from raytrain8m.compose.compress import built_size_mib, compress_checkpoint
+from raytrain8m.compose.ensemble import member_from_checkpoint
+from raytrain8m.compose.export import export_ensemble
+from raytrain8m.compose.infer import load_model
 from raytrain8m.models import BIG_TENSORS, ModelConfig
+from raytrain8m.records.checkpoint import load_checkpoint
+from raytrain8m.records.evaluate import load_predictor
+from raytrain8m.runtime.errors import ConfigError
+
+from _ensemble_helpers import FRESH_PROCESS, assert_the_starters_way_matches_the_csv, random_checkpoint, tiny_config
 
 
 @pytest.fixture

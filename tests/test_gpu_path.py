@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import pytest
 
-from _ensemble_helpers import random_checkpoint, tiny_config
-from raytrain8m import tracking
-from raytrain8m.errors import ConfigError
 from raytrain8m.models import ModelConfig
-from raytrain8m.train import TrainConfig
+from raytrain8m.records import tracking
+from raytrain8m.runtime.errors import ConfigError
+from raytrain8m.train.config import TrainConfig
+
+from _ensemble_helpers import random_checkpoint, tiny_config
 
 NO_GPU_SEEN = r"Ray assigned GPU 0 \(CUDA_VISIBLE_DEVICES=0\), but TensorFlow .* sees no GPU"
 
@@ -27,7 +28,7 @@ def logical_gpu_ray():
     session_ray = ray.is_initialized()
     if session_ray:
         ray.shutdown()
-    from raytrain8m import localray
+    from raytrain8m.runtime import localray
 
     localray.start(num_cpus=2, num_gpus=1)  # the commands' policy: loopback, token auth
     yield ray
@@ -38,7 +39,7 @@ def logical_gpu_ray():
 
 @pytest.mark.slow
 def test_training_on_a_gpu_tensorflow_cannot_see_fails_plainly(logical_gpu_ray, synthetic_dir, tmp_path):
-    from raytrain8m.train import fit
+    from raytrain8m.train.driver import fit, resolve
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     config = TrainConfig(model=ModelConfig(cluster_size=4, hidden_size=16, num_classes=20, iterations=10),
@@ -51,7 +52,7 @@ def test_training_on_a_gpu_tensorflow_cannot_see_fails_plainly(logical_gpu_ray, 
         fit(config, resources_per_worker={"CPU": 0.5, "GPU": 1})
     assert "gpu-run worker 0" in str(error.value) and "tensorflow[and-cuda]" in str(error.value)
     (run,) = tracking.client(uri).search_runs(
-        [tracking.client(uri).get_experiment_by_name(config.resolved().experiment).experiment_id])
+        [tracking.client(uri).get_experiment_by_name(resolve(config).experiment).experiment_id])
     assert run.info.status == "FAILED"
     assert not (tmp_path / "train" / "gpu-run").is_dir() or not list((tmp_path / "train" / "gpu-run").glob("checkpoint_*"))
 
@@ -59,9 +60,9 @@ def test_training_on_a_gpu_tensorflow_cannot_see_fails_plainly(logical_gpu_ray, 
 @pytest.mark.slow
 def test_inference_on_a_gpu_tensorflow_cannot_see_fails_plainly_and_writes_no_csv(
         logical_gpu_ray, synthetic_dir, tmp_path):
-    from raytrain8m.ensemble import member_from_checkpoint
-    from raytrain8m.export import export_ensemble
-    from raytrain8m.infer import infer
+    from raytrain8m.compose.ensemble import member_from_checkpoint
+    from raytrain8m.compose.export import export_ensemble
+    from raytrain8m.compose.infer import infer
 
     member = member_from_checkpoint(random_checkpoint(tmp_path / "a", tiny_config(4, 16), seed=1, step=1))
     exported = export_ensemble([member], [1.0], tmp_path / "export")

@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import pytest
 
-from raytrain8m.errors import ConfigError
-from raytrain8m.holdout import holdout_count, make_split
-from raytrain8m.train import TrainConfig
+from raytrain8m.records.holdout import holdout_count, make_split
+from raytrain8m.runtime.errors import ConfigError
+from raytrain8m.train.config import TrainConfig
+from raytrain8m.train.driver import split_data
 
 
 @pytest.mark.parametrize("files,expected", [(3844, 60), (1000, 16), (64, 2), (4, 2), (2, 2), (1, 1)])
@@ -36,6 +37,6 @@ def test_split_trains_on_the_rest_chooses_on_one_half_reports_on_the_other(tmp_p
     assert "choices on 2, reported GAPs on the other 2" in split.describe()
     none = make_split(train, validate, "0")
     assert len(none.train) == 3 and none.choose == none.report and len(none.choose) == 6
-    config, applied = TrainConfig(train_data=train, validate_data=validate, holdout="4").split()
+    config, applied = split_data(TrainConfig(train_data=train, validate_data=validate, holdout="4"))
     assert applied == split and config.is_split and sorted(config.validate_data) == sorted(held)
     assert config.params()["train_data"] == "5 files (see split.json)"

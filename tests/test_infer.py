@@ -4,13 +4,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from _ensemble_helpers import random_checkpoint, tiny_config
 from raytrain8m.commands import infer as infer_command
-from raytrain8m import tracking
+from raytrain8m.compose.ensemble import member_from_checkpoint
+from raytrain8m.compose.export import export_ensemble
+from raytrain8m.compose.infer import HEADER, format_rows, infer
 from raytrain8m.data.schema import DataError
-from raytrain8m.ensemble import member_from_checkpoint
-from raytrain8m.export import export_ensemble
-from raytrain8m.infer import HEADER, format_rows, infer
+from raytrain8m.records import tracking
+
+from _ensemble_helpers import random_checkpoint, tiny_config
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +81,7 @@ def test_input_files_replaced_at_the_same_paths_are_predicted_again_saying_why(
     generate(str(tmp_path / "other"), videos=120, classes=20, max_frames=12, shards=2, seed=1, progress=False)
     for path in (tmp_path / "other").glob("test*.tfrecord"):
         shutil.copy(path, data / path.name)
-    with caplog.at_level(logging.WARNING, logger="raytrain8m.infer"):
+    with caplog.at_level(logging.WARNING, logger="raytrain8m.compose.infer"):
         second = infer(exported, str(data / "test*.tfrecord"), out, batch_size=4, progress=False)
     assert second.skipped == 0 and second.processed == first.files
     assert caplog.text.count("changed since its predictions were made") == first.files

@@ -1,6 +1,6 @@
 """The import direction docs/design.md promises ("What each part owns, and which way imports go"):
-each module of raytrain8m belongs to one layer and imports (at the top or inside a function)
-only modules of its own layer or an earlier one. Fast: reads the source, imports nothing."""
+raytrain8m is one package per stage; a module imports (at the top or inside a function) only
+modules of its own package or an earlier one. Fast: reads the source, imports nothing."""
 from __future__ import annotations
 
 import ast
@@ -8,18 +8,17 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "raytrain8m"
 
-# In order; a module named by a package (`data`) stands for every module in it.
+# In order: each layer is one package (one stage), `commands` also holds the `python -m` door.
 LAYERS = [
-    ("runtime", {"errors", "settings", "lazy", "atomic", "compat", "localray", "cli", "gpus"}),
+    ("runtime", {"runtime"}),
     ("data", {"data"}),
     ("models", {"models"}),
-    ("records", {"metrics", "holdout", "predictions", "checkpoint", "tracking"}),
-    ("evaluate", {"evaluate"}),
-    ("train", {"train", "train_worker", "train_input", "trainloop", "mixed_precision", "failures"}),
-    ("sweep", {"placement", "sweep_records", "sweep"}),
-    ("select", {"average", "scoring", "zoo"}),
-    ("compose", {"compress", "ensemble", "export", "infer"}),
-    ("pipeline", {"demo", "report"}),
+    ("records", {"records"}),
+    ("train", {"train"}),
+    ("sweep", {"sweep"}),
+    ("select", {"select"}),
+    ("compose", {"compose"}),
+    ("pipeline", {"pipeline"}),
     ("commands", {"commands", "__main__"}),
 ]
 # What a layer must not import at all, wherever it is imported.
@@ -61,6 +60,11 @@ def test_every_module_is_in_exactly_one_layer():
         _layer(module)
 
 
+def test_every_module_sits_in_its_stage_package():
+    loose = [path.name for path in PACKAGE.glob("*.py") if path.name not in {"__init__.py", "__main__.py"}]
+    assert not loose, f"modules outside a stage package: {loose}"
+
+
 def test_no_module_imports_one_of_a_later_layer():
     modules = _modules()
     later = set()
@@ -88,3 +92,16 @@ def test_the_layers_are_the_ones_docs_design_lists():
     design = (PACKAGE.parent / "docs" / "design.md").read_text()
     for name, _ in LAYERS:
         assert f"**{name}**" in design, f"docs/design.md does not name the layer {name}"
+
+
+def test_the_training_config_is_pure_and_the_loop_never_imports_the_driver():
+    import subprocess
+    import sys
+
+    heavy = subprocess.run([sys.executable, "-c", "import sys, raytrain8m.train.config; "
+                            "print(sorted({'ray', 'mlflow', 'tensorflow', 'keras'} & set(sys.modules)))"],
+                           capture_output=True, text=True, check=True).stdout.strip()
+    assert heavy == "[]", f"importing raytrain8m.train.config loads {heavy}"
+    modules = _modules()
+    for worker_side in ("train.loop", "train.worker", "train.prefetch", "train.config"):
+        assert "raytrain8m.train.driver" not in _imports(modules[worker_side]), f"{worker_side} imports the driver"

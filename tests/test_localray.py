@@ -1,4 +1,4 @@
-"""The local Ray policy (raytrain8m/localray.py): loopback listeners, token auth, a quiet console."""
+"""The local Ray policy (raytrain8m/runtime/localray.py): loopback listeners, token auth, a quiet console."""
 from __future__ import annotations
 
 import os
@@ -9,9 +9,10 @@ from pathlib import Path
 import psutil
 import pytest
 
+from raytrain8m.runtime import localray
+from raytrain8m.runtime.errors import ConfigError
+
 import _ray_helpers
-from raytrain8m import localray
-from raytrain8m.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from raytrain8m.metrics import MetricsAccumulator, gap, hit_at_one, mean_ap, perr
+from raytrain8m.records.metrics import MetricsAccumulator, gap, hit_at_one, mean_ap, perr
 
 PREDICTIONS = np.array([[0.9, 0.8, 0.1],
                         [0.7, 0.2, 0.6]])

@@ -1,14 +1,14 @@
 """Mixed precision (`--mixed-precision off|bf16|fp16`): the matmuls really run in the compute
 dtype while variables and outputs stay float32, fp16 trains under its dynamic loss scale, and
-the scale halves (skipping the step), grows and gives up as `raytrain8m.mixed_precision` says."""
+the scale halves (skipping the step), grows and gives up as `raytrain8m.train.mixed_precision` says."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from raytrain8m.errors import ConfigError, TrainingError
 from raytrain8m.models import ModelConfig
-from raytrain8m.train import TrainConfig
+from raytrain8m.runtime.errors import ConfigError, TrainingError
+from raytrain8m.train.config import TrainConfig
 
 CLASSES = 20
 TINY = {"gated_netvlad": ModelConfig(cluster_size=4, hidden_size=16, num_classes=CLASSES, iterations=10),
@@ -36,8 +36,8 @@ def test_an_unknown_mode_is_refused_by_name():
 def test_the_matmuls_run_in_the_compute_dtype_and_the_rest_stays_float32(family, mode, dtype):
     import tensorflow as tf
 
-    from raytrain8m.mixed_precision import compute_dtype, matmul_dtypes
     from raytrain8m.models import MODELS
+    from raytrain8m.train.mixed_precision import compute_dtype, matmul_dtypes
 
     config = TINY[family]
     model = MODELS[family](config, seed=0)
@@ -56,9 +56,9 @@ def test_the_matmuls_run_in_the_compute_dtype_and_the_rest_stays_float32(family,
 def test_fp16_training_lowers_the_loss_with_its_matmuls_in_half():
     import tensorflow as tf
 
-    from raytrain8m.mixed_precision import INITIAL_SCALE, DynamicLossScale, matmul_dtypes
     from raytrain8m.models import MODELS
-    from raytrain8m.trainloop import make_optimizer, make_train_step
+    from raytrain8m.train.loop import make_optimizer, make_train_step
+    from raytrain8m.train.mixed_precision import INITIAL_SCALE, DynamicLossScale, matmul_dtypes
 
     model_config = TINY["gated_netvlad"]
     config = TrainConfig(model=model_config, batch_size=8, max_frames=10, learning_rate=1e-2, mixed_precision="fp16")
@@ -78,8 +78,8 @@ def test_fp16_training_lowers_the_loss_with_its_matmuls_in_half():
 def _scaled_step(initial: float, growth_steps: int = 3):
     import tensorflow as tf
 
-    from raytrain8m.mixed_precision import DynamicLossScale
-    from raytrain8m.trainloop import make_optimizer
+    from raytrain8m.train.loop import make_optimizer
+    from raytrain8m.train.mixed_precision import DynamicLossScale
 
     weight = tf.Variable([1.0, 2.0])
     optimizer = make_optimizer(TrainConfig(learning_rate=0.1))

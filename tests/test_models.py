@@ -9,12 +9,23 @@ import pytest
 import tensorflow as tf
 
 from raytrain8m.commands import sizes as sizes_command
-from raytrain8m.errors import ConfigError
-from raytrain8m.models import (BIG_TENSORS, MODELS, GatedNetVLAD, ModelConfig, NeXtVLAD, build, create_variables,
-                               from_variables, half_tensors, num_parameters, size_mib, variable_specs)
-from raytrain8m.models.nextvlad import formula_parameters
+from raytrain8m.models import (
+    BIG_TENSORS,
+    MODELS,
+    GatedNetVLAD,
+    ModelConfig,
+    NeXtVLAD,
+    build,
+    create_variables,
+    from_variables,
+    half_tensors,
+    num_parameters,
+    size_mib,
+    variable_specs,
+)
 from raytrain8m.models.baseline import MeanPoolLogistic, mean_of_first_frames
-
+from raytrain8m.models.nextvlad import formula_parameters
+from raytrain8m.runtime.errors import ConfigError
 
 # The paper's Table 1: model, fp32 MiB, fp16 MiB (3862 classes).
 TABLE1 = {

@@ -2,14 +2,13 @@
 from __future__ import annotations
 
 import itertools
-import resource
 
 import numpy as np
 import pytest
 
-from raytrain8m.errors import ConfigError
-from raytrain8m.metrics import gap
-from raytrain8m.predictions import PredictionStore
+from raytrain8m.records.metrics import gap
+from raytrain8m.records.predictions import PredictionStore
+from raytrain8m.runtime.errors import ConfigError
 
 
 def _members(rng, videos, classes, count, agreement):

@@ -7,15 +7,16 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from raytrain8m.commands import ensemble as ensemble_command
+from raytrain8m.commands import sizes as sizes_command
+from raytrain8m.compose.compress import built_size_mib, compress_checkpoint
+from raytrain8m.compose.ensemble import member_from_checkpoint
+from raytrain8m.compose.export import export_ensemble, stored_mib
+from raytrain8m.models import BIG_TENSORS, ModelConfig, create_variables, size_mib, storage, variable_specs
+from raytrain8m.records.checkpoint import load_checkpoint
+from raytrain8m.runtime.errors import ConfigError
+
 from _ensemble_helpers import NUM_CLASSES, assert_the_starters_way_matches_the_csv, tiny_config, trained_members
-from raytrain8m.checkpoint import load_checkpoint
-from raytrain8m.commands import ensemble as ensemble_command, sizes as sizes_command
-from raytrain8m.compress import built_size_mib, compress_checkpoint
-from raytrain8m.ensemble import member_from_checkpoint
-from raytrain8m.errors import ConfigError
-from raytrain8m.export import export_ensemble, stored_mib
-from raytrain8m.models import BIG_TENSORS, ModelConfig, create_variables, size_mib, variable_specs
-from raytrain8m.models import storage
 
 
 @pytest.fixture(scope="module")
@@ -131,8 +132,8 @@ def test_the_starters_inference_path_runs_an_int8_export_and_matches_the_infer_c
 
 
 def test_a_budget_too_small_for_fp16_members_holds_them_at_int8(members, tmp_path):
-    from raytrain8m.ensemble import make_ensemble
-    from raytrain8m.errors import BudgetError
+    from raytrain8m.compose.ensemble import make_ensemble
+    from raytrain8m.runtime.errors import BudgetError
 
     spec = ",".join(str(path) for path in members)
     int8_mib = sum(member_from_checkpoint(path, precision="int8").stored_mib for path in members)

@@ -20,11 +20,20 @@ from pathlib import Path
 
 import pytest
 
-from raytrain8m.errors import ConfigError
-from raytrain8m.gpus import GPU_PROFILES, GpuProfile
 from raytrain8m.models import ModelConfig, num_parameters, size_mib
-from raytrain8m.placement import (CPU, PAPER_GRID, largest_batch, memory_estimate, memory_gib, parse_grid,
-                                  parse_inventory, plan, plan_table)
+from raytrain8m.runtime.errors import ConfigError
+from raytrain8m.runtime.gpus import GPU_PROFILES, GpuProfile
+from raytrain8m.sweep.placement import (
+    CPU,
+    PAPER_GRID,
+    largest_batch,
+    memory_estimate,
+    memory_gib,
+    parse_grid,
+    parse_inventory,
+    plan,
+    plan_table,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = dict(num_classes=20, iterations=10)
@@ -54,7 +63,7 @@ def test_grid_from_names_product_and_paper_alias():
 
 
 def test_sweep_file_yaml_sets_grid_and_training(tmp_path):
-    from raytrain8m.sweep import sweep_spec
+    from raytrain8m.sweep.tune import sweep_spec
 
     path = tmp_path / "sweep.yaml"
     path.write_text("cluster_sizes: [4, 8]\nhidden_sizes: [16]\nclasses: 20\n"
@@ -97,7 +106,7 @@ def test_memory_model_knows_nextvlad_activations():
 
 
 def test_a_grid_mixes_families_and_each_trial_rebuilds_its_own():
-    from raytrain8m.sweep import sweep_spec, trial_model
+    from raytrain8m.sweep.tune import sweep_spec, trial_model
 
     spec = sweep_spec(grid="K16-H256,NX-K128-H2048,NX-K112-H2048-R16", classes=20)
     assert [m.family for m in spec.models] == ["gated_netvlad", "nextvlad", "nextvlad"]
@@ -235,10 +244,10 @@ def test_sweep_driver_killed_then_resumed_finishes_only_the_unfinished_trials(sy
     (Also the kill test of a single run: a trial's driver is `fit`, as `jobs/train.py`'s is.)"""
     import mlflow
 
-    from raytrain8m.checkpoint import list_checkpoints, read_state
-    from raytrain8m.sweep import TUNE_DIR, resume_sweep
-    from raytrain8m.sweep_records import SWEEP_JSON, TRAIN_DIR, TRIAL_JSON, sweep_status
-    from raytrain8m.zoo import load_zoo
+    from raytrain8m.records.checkpoint import list_checkpoints, read_state
+    from raytrain8m.select.zoo import load_zoo
+    from raytrain8m.sweep.records import SWEEP_JSON, TRAIN_DIR, TRIAL_JSON, sweep_status
+    from raytrain8m.sweep.tune import TUNE_DIR, resume_sweep
 
     models = ["K4-H16", "K4-H24"]
     # Many cheap steps after the first checkpoint: a window of a few seconds in which the test,
@@ -383,12 +392,12 @@ def gpu_cluster(tmp_path_factory):
     ray.shutdown()
     cluster.shutdown()
     if session_ray:  # give later tests back the session's Ray, as conftest started it
-        from raytrain8m import localray
+        from raytrain8m.runtime import localray
         localray.start(num_cpus=2)
 
 
 def _spec(data: Path, grid: str = CLUSTER_GRID, **train):
-    from raytrain8m.sweep import sweep_spec
+    from raytrain8m.sweep.tune import sweep_spec
 
     settings = dict(max_steps=4, checkpoint_every=2, eval_every=0, eval_batches=2, log_every=2,
                     max_failures=0)
@@ -411,33 +420,30 @@ def mlflow_store(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_a_mixed_cluster_sweep_places_by_type_retries_a_killed_worker_and_logs_child_runs(
         gpu_cluster, synthetic_dir, mlflow_store, tmp_path):
-    from raytrain8m import tracking
-    from raytrain8m.checkpoint import list_checkpoints, read_state
-    from raytrain8m.sweep import plan_sweep, run_sweep
-    from raytrain8m.sweep_records import TRAIN_DIR
-    from raytrain8m.holdout import SPLIT_JSON, load_split
-    from raytrain8m.sweep_records import SWEEP_JSON, scoring_data
-    from raytrain8m.trainloop import CRASH_MARKER
-    from raytrain8m.zoo import build_zoo, load_zoo
+    from raytrain8m.records import tracking
+    from raytrain8m.records.checkpoint import list_checkpoints, read_state
+    from raytrain8m.records.holdout import SPLIT_JSON, load_split
+    from raytrain8m.select.zoo import build_zoo, load_zoo
+    from raytrain8m.sweep.records import SWEEP_JSON, TRAIN_DIR, scoring_data
+    from raytrain8m.sweep.tune import plan_sweep, run_sweep
+    from raytrain8m.train.loop import CRASH_MARKER, CRASH_PLAN
 
-    spec = _spec(synthetic_dir, crash_at_step=3)
+    spec = _spec(synthetic_dir)
     placements = plan_sweep(spec, profiles=TEST_PROFILES)
     assert {p.gpu_type for p in placements} == {"T4", "1060"}
-    # Every worker SIGKILLs itself at step 3 (after the step-2 checkpoint), once per run
-    # directory; the other models' markers are already there, so only the first trial's worker
-    # dies (its retry then overlaps the others). Train gives up (max_failures=0), so the trial
-    # fails, Tune retries it, and fit resumes from step 2.
+    # The first trial's worker SIGKILLs itself once at step 3 (after the step-2 checkpoint),
+    # planned by a file in its run directory; its retry then overlaps the others. Train gives up
+    # (max_failures=0), so the trial fails, Tune retries it, and fit resumes from step 2.
     crashing = placements[0].model
     out = tmp_path / "sweep"
-    for model in set(CLUSTER_GRID.split(",")) - {crashing}:
-        marker = out / TRAIN_DIR / model / CRASH_MARKER.format(step=3)
-        marker.parent.mkdir(parents=True)
-        marker.touch()
+    (out / TRAIN_DIR / crashing).mkdir(parents=True)
+    (out / TRAIN_DIR / crashing / CRASH_PLAN.format(step=3)).touch()
     started = time.monotonic()
     result = run_sweep(spec, out, max_failures=2, placements=placements, profiles=TEST_PROFILES)
     wall = time.monotonic() - started
     print(f"{CLUSTER_GRID} sweep on the simulated cluster: {wall:.0f} s")
     assert [t.error for t in result.trials] == [None] * 2
+    assert (out / TRAIN_DIR / crashing / CRASH_MARKER.format(step=3)).exists()  # the kill did happen
     planned = {p.model: p for p in placements}
     for trial in result.trials:
         # the workers ran on the node type the plan chose, with that type's batch size
@@ -502,7 +508,7 @@ def test_a_mixed_cluster_sweep_places_by_type_retries_a_killed_worker_and_logs_c
     assert serial.timing["from_training"] == 0  # it evaluated every checkpoint, and agrees above
     assert zoo.timing["evaluations"] == serial.timing["evaluations"] - 4 > 0
     # the ensemble reads the zoo's holdout: chosen on one half, its report GAP on the other
-    from raytrain8m.ensemble import make_ensemble
+    from raytrain8m.compose.ensemble import make_ensemble
 
     letters = "".join(entry.letter for entry in zoo.models[:2])
     ensemble = make_ensemble(letters, None, zoo_path=zoo.path, budget_mib=1e6, progress=False, track=False)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from raytrain8m import tracking
+from raytrain8m.records import tracking
 
 
 def _store(tmp_path: Path, monkeypatch) -> str:

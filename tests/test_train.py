@@ -11,13 +11,16 @@ from pathlib import Path
 
 import pytest
 
-from _trained_run import CPU_HALF, CRASH_AT, EVERY, STEPS, TINY, train_config as _config
-from raytrain8m import tracking
-from raytrain8m.checkpoint import list_checkpoints, load_checkpoint, read_state
-from raytrain8m.commands import distill as distill_command, train as train_command
-from raytrain8m.errors import CheckpointError, ConfigError
+from raytrain8m.commands import distill as distill_command
+from raytrain8m.commands import train as train_command
 from raytrain8m.models import ModelConfig
-from raytrain8m.train import TrainConfig
+from raytrain8m.records import tracking
+from raytrain8m.records.checkpoint import list_checkpoints, load_checkpoint, read_state
+from raytrain8m.runtime.errors import CheckpointError, ConfigError
+from raytrain8m.train.config import TrainConfig
+
+from _trained_run import CPU_HALF, CRASH_AT, EVERY, STEPS, TINY
+from _trained_run import train_config as _config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -42,7 +45,7 @@ def test_defaults_are_the_papers():
 
 
 def test_learning_rate_decays_by_examples_in_stairs():
-    from raytrain8m.trainloop import StaircaseDecay
+    from raytrain8m.train.loop import StaircaseDecay
 
     schedule = StaircaseDecay(1e-4, 0.8, 4_000_000, global_batch=160)
     assert float(schedule(24_999)) == pytest.approx(1e-4)          # 3,999,840 examples
@@ -75,7 +78,7 @@ def test_the_weights_moving_average_follows_each_update_with_a_warm_up_decay():
     import tensorflow as tf
 
     from raytrain8m.models import MODELS
-    from raytrain8m.trainloop import make_ema, make_optimizer, make_train_step, snapshot
+    from raytrain8m.train.loop import make_ema, make_optimizer, make_train_step, snapshot
 
     config = TrainConfig(model=TINY, batch_size=4, max_frames=6, learning_rate=1e-2, ema_decay=0.5)
     assert make_ema(MODELS["gated_netvlad"](TINY), config.replace(ema_decay=0.0)) == {}
@@ -145,10 +148,10 @@ def test_each_checkpoint_carries_its_holdout_score_and_the_zoo_reads_it_unless_t
     getting the same GAPs."""
     import shutil
 
-    from raytrain8m.checkpoint import recorded_score
-    from raytrain8m.holdout import SPLIT_JSON, data_key, load_split
-    from raytrain8m.scoring import Evaluation, evaluate_one
-    from raytrain8m.zoo import build_zoo
+    from raytrain8m.records.checkpoint import recorded_score
+    from raytrain8m.records.holdout import SPLIT_JSON, data_key, load_split
+    from raytrain8m.select.scoring import Evaluation, evaluate_one
+    from raytrain8m.select.zoo import build_zoo
 
     split = load_split(trained.run_dir / SPLIT_JSON)
     recorded = [recorded_score(path, data_key(split.choose)) for path in trained.checkpoints]
@@ -178,8 +181,8 @@ def test_each_checkpoint_carries_its_holdout_score_and_the_zoo_reads_it_unless_t
 def baseline_gap(netvlad_data, tmp_path_factory) -> float:
     """The mean-pooled baseline's validate GAP after the same steps, global batch (16), learning
     rate and step function as the 2-worker run, trained in one process."""
-    from raytrain8m.evaluate import evaluate, predictor
-    from raytrain8m.trainloop import train_locally
+    from raytrain8m.records.evaluate import evaluate, predictor
+    from raytrain8m.train.loop import train_locally
 
     config = _config(netvlad_data, tmp_path_factory.mktemp("baseline"), model=TINY.replace(family="baseline"),
                      num_workers=1, batch_size=16)
@@ -200,8 +203,8 @@ def test_loss_falls_and_gap_beats_the_mean_pooled_baseline(trained, baseline_gap
 def test_nextvlad_trains_on_ray_train_and_beats_the_mean_pooled_baseline(netvlad_data, tmp_path, ray_session,
                                                                          baseline_gap):
     """The second family through the real training path (one worker: the same global batch)."""
-    from raytrain8m.evaluate import evaluate_checkpoint
-    from raytrain8m.train import fit
+    from raytrain8m.records.evaluate import evaluate_checkpoint
+    from raytrain8m.train.driver import fit
 
     nextvlad = ModelConfig.from_name("NX-K4-H16", num_classes=20, iterations=10)
     config = _config(netvlad_data, tmp_path, model=nextvlad, run_name=nextvlad.name, num_workers=1,
@@ -262,7 +265,7 @@ def test_the_train_command_refuses_to_overwrite_a_run_or_to_resume_none(trained,
 
 @pytest.mark.slow
 def test_a_run_refuses_to_resume_with_another_model(trained, netvlad_data):
-    from raytrain8m.train import fit
+    from raytrain8m.train.driver import fit
 
     config = _config(netvlad_data, Path(trained.config.out), max_steps=STEPS + EVERY, eval_every=0)
     with pytest.raises(CheckpointError, match="hidden_size: 16 != 32"):
@@ -282,8 +285,8 @@ def test_diverging_run_fails_naming_the_step_and_keeps_only_finite_checkpoints(
         synthetic_dir, tmp_path, ray_session, learning_rate, what):
     import numpy as np
 
-    from raytrain8m.train import fit
-    from raytrain8m.trainloop import TrainingError
+    from raytrain8m.train.driver import fit
+    from raytrain8m.train.loop import TrainingError
 
     config = _config(synthetic_dir, tmp_path, learning_rate=learning_rate, run_name="diverging", num_workers=1,
                      max_failures=0, max_steps=10, checkpoint_every=1, eval_every=0)
@@ -302,7 +305,7 @@ def test_diverging_run_fails_naming_the_step_and_keeps_only_finite_checkpoints(
 
 @pytest.mark.slow
 def test_a_run_refused_before_its_workers_start_ends_failed_in_mlflow(synthetic_dir, tmp_path, ray_session):
-    from raytrain8m.train import fit
+    from raytrain8m.train.driver import fit
 
     config = _config(synthetic_dir, tmp_path, run_name="refused", num_workers=2)
     with pytest.raises(ConfigError, match="leave no CPU"):
@@ -369,7 +372,7 @@ def test_our_own_errors_are_not_retried_and_faults_are():
     from ray.train.v2.api.exceptions import WorkerGroupError
 
     from raytrain8m.data.schema import DataError
-    from raytrain8m.failures import no_retry_policy, own_error
+    from raytrain8m.train.failures import no_retry_policy, own_error
 
     original = DataError("/data/train0001.tfrecord", 3, "data CRC mismatch")
     wrapped = ray.exceptions.RayTaskError("SplitCoordinator.get", "Traceback …", original).as_instanceof_cause()
@@ -398,7 +401,7 @@ def test_a_corrupt_record_met_while_training_fails_at_once_naming_it_without_ret
     import shutil
 
     from raytrain8m.data.schema import DataError
-    from raytrain8m.train import fit
+    from raytrain8m.train.driver import fit
 
     data = tmp_path / "data"
     data.mkdir()
@@ -426,18 +429,20 @@ def test_a_corrupt_record_met_while_training_fails_at_once_naming_it_without_ret
 def test_a_teacher_export_sets_the_students_targets_and_a_wrong_one_is_refused(synthetic_dir, tmp_path):
     import numpy as np
 
+    from raytrain8m.compose.ensemble import member_from_checkpoint
+    from raytrain8m.compose.export import export_ensemble
+    from raytrain8m.records.evaluate import load_predictor
+    from raytrain8m.train.driver import check_inputs, resolve
+    from raytrain8m.train.loop import distill_targets, load_teacher
+
     from _ensemble_helpers import random_checkpoint, tiny_config
-    from raytrain8m.ensemble import member_from_checkpoint
-    from raytrain8m.evaluate import load_predictor
-    from raytrain8m.export import export_ensemble
-    from raytrain8m.train import check_inputs
-    from raytrain8m.trainloop import distill_targets, load_teacher
 
     member = random_checkpoint(tmp_path / "member", tiny_config(4, 16), seed=1, step=1)
     export = export_ensemble([member_from_checkpoint(member, precision="fp16")], [1.0], tmp_path / "teacher")
     config = TrainConfig(model=TINY, train_data=str(synthetic_dir / "train*.tfrecord"), batch_size=4,
                          eval_every=0, eval_batches=0, teacher=str(export), distill_lambda=0.75,
-                         out=str(tmp_path / "runs")).resolved()
+                         out=str(tmp_path / "runs"))
+    config = resolve(config)
     check_inputs(config)
     assert load_teacher(config.replace(teacher="")) is None
     teacher = load_teacher(config)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from raytrain8m.models import ModelConfig
-from raytrain8m.train import TrainConfig
+from raytrain8m.train.config import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSES = 20  # tests/conftest.py SYNTHETIC
@@ -26,7 +26,7 @@ def test_uint8_step_inputs_give_bit_exact_model_inputs_and_predictions(synthetic
     from raytrain8m.data import iter_batches, to_model_inputs
     from raytrain8m.data.batches import to_step_inputs
     from raytrain8m.models import MODELS
-    from raytrain8m.trainloop import dequantize_frames
+    from raytrain8m.train.loop import dequantize_frames
 
     batch = next(iter_batches(str(synthetic_dir / "train*.tfrecord"), 32, num_classes=CLASSES))
     frames, num_frames, labels = to_model_inputs(batch, CLASSES, max_frames=12)
@@ -40,7 +40,7 @@ def test_uint8_step_inputs_give_bit_exact_model_inputs_and_predictions(synthetic
 
 
 def test_prefetch_hands_over_batches_in_order_and_reraises_the_readers_error():
-    from raytrain8m.train_input import Prefetcher
+    from raytrain8m.train.prefetch import Prefetcher
 
     def source():
         for i in range(5):
@@ -62,7 +62,7 @@ def test_prefetch_reads_ahead_before_anyone_asks_and_close_stops_it():
     import threading
     import time
 
-    from raytrain8m.train_input import Prefetcher
+    from raytrain8m.train.prefetch import Prefetcher
 
     made = []
 
@@ -87,7 +87,7 @@ def test_the_xla_step_trains_like_the_plain_one():
     import tensorflow as tf
 
     from raytrain8m.models import MODELS
-    from raytrain8m.trainloop import make_optimizer, make_train_step
+    from raytrain8m.train.loop import make_optimizer, make_train_step
 
     rng = np.random.default_rng(0)
     inputs = (rng.integers(0, 256, (8, 10, 1152), dtype=np.uint8), rng.integers(1, 11, 8).astype(np.int32),
@@ -148,7 +148,7 @@ def test_two_workers_update_the_weights_as_one_worker_at_the_same_global_batch(t
 
 @pytest.mark.slow
 def test_the_same_seed_gives_the_same_loss_curve(synthetic_dir, tmp_path, ray_session):
-    from raytrain8m.train import fit
+    from raytrain8m.train.driver import fit
 
     def curve(run_name: str, seed: int) -> list[float]:
         config = TrainConfig(model=TINY, train_data=str(synthetic_dir / "train*.tfrecord"),

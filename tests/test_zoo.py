@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from raytrain8m.errors import ConfigError
-from raytrain8m.zoo import Zoo, ZooEntry, carry_pins, load_zoo, pareto, plot_pareto
+from raytrain8m.runtime.errors import ConfigError
+from raytrain8m.select.zoo import Zoo, ZooEntry, carry_pins, load_zoo, pareto, plot_pareto
 
 
 def entry(name: str, fp32: float, gap: float) -> ZooEntry:
@@ -113,10 +113,11 @@ def test_a_model_is_scored_by_the_better_of_its_average_and_best_single():
 
 def test_the_ema_weights_are_one_more_candidate_and_win_when_they_score_best(synthetic_dir, tmp_path_factory,
                                                                               tmp_path):
-    from _ensemble_helpers import random_checkpoint, tiny_config, trained_members
-    from raytrain8m.checkpoint import load_checkpoint
     from raytrain8m.models import variable_specs
-    from raytrain8m.zoo import build_zoo
+    from raytrain8m.records.checkpoint import load_checkpoint
+    from raytrain8m.select.zoo import build_zoo
+
+    from _ensemble_helpers import random_checkpoint, tiny_config, trained_members
 
     trained = load_checkpoint(trained_members(synthetic_dir, tmp_path_factory.getbasetemp() / "trained-members")[0])
     config = tiny_config(4, 16)

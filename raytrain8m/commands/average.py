@@ -20,9 +20,8 @@ import json
 import sys
 from typing import Sequence
 
-from raytrain8m.cli import LOG_NAMED, Parser, add_evaluation_flags
-from raytrain8m.cli import add_verbose_flag, console
-from raytrain8m.errors import ConfigError, Raytrain8mError, fail
+from raytrain8m.runtime.cli import LOG_NAMED, Parser, add_evaluation_flags, add_verbose_flag, console
+from raytrain8m.runtime.errors import ConfigError, Raytrain8mError, fail
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -45,7 +44,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     console(args.verbose, tensorflow=True, log_format=LOG_NAMED)
-    from raytrain8m import average
+    from raytrain8m.select import average
 
     try:
         if args.auto:

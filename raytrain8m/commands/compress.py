@@ -20,9 +20,9 @@ import json
 import sys
 from typing import Sequence
 
-from raytrain8m.cli import LOG_PLAIN, Parser, add_evaluation_flags, add_verbose_flag, console
-from raytrain8m.errors import Raytrain8mError, fail
 from raytrain8m.models.config import INT8_SCHEMES, MEMBER_PRECISIONS
+from raytrain8m.runtime.cli import LOG_PLAIN, Parser, add_evaluation_flags, add_verbose_flag, console
+from raytrain8m.runtime.errors import Raytrain8mError, fail
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -41,7 +41,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     console(args.verbose, tensorflow=True, log_format=LOG_PLAIN)
-    from raytrain8m.compress import compress_checkpoint
+    from raytrain8m.compose.compress import compress_checkpoint
 
     try:
         report = compress_checkpoint(args.checkpoint, args.out, validate_data=args.validate_data,

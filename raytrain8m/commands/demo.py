@@ -18,9 +18,9 @@ import json
 import os
 import sys
 
-from raytrain8m.demo import SCALES, run_demo
-from raytrain8m.cli import LOG_NAMED, add_verbose_flag, console
-from raytrain8m.errors import Raytrain8mError, fail
+from raytrain8m.pipeline.demo import SCALES, run_demo
+from raytrain8m.runtime.cli import LOG_NAMED, add_verbose_flag, console
+from raytrain8m.runtime.errors import Raytrain8mError, fail
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,7 +21,7 @@ import sys
 from typing import Sequence
 
 from raytrain8m.commands import train as train_job
-from raytrain8m.errors import ConfigError, Raytrain8mError, fail
+from raytrain8m.runtime.errors import ConfigError, Raytrain8mError, fail
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -31,14 +31,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if not args.teacher:
             raise ConfigError("--teacher is required: an ensemble export directory, or zoo letters with --zoo")
-        from raytrain8m.ensemble import is_letter_spec
+        from raytrain8m.compose.ensemble import is_letter_spec
 
         if is_letter_spec(args.teacher):
             if not args.zoo:
                 raise ConfigError(f"--teacher {args.teacher!r} is zoo letters; give --zoo too")
-            from raytrain8m.ensemble import make_ensemble
+            from raytrain8m.compose.ensemble import make_ensemble
 
-            config = train_job.config_from_args(args).resolved()
+            from raytrain8m.train.driver import resolve
+
+            config = resolve(train_job.config_from_args(args))
             teacher_dir = config.run_dir.parent / f"{config.run_name}-teacher"
             make_ensemble(args.teacher, teacher_dir, zoo_path=args.zoo, budget_mib=float("inf"), track=False)
             args.teacher = str(teacher_dir)

@@ -28,9 +28,8 @@ import sys
 from typing import Sequence
 
 from raytrain8m.models.config import DEFAULT_BUDGET_MIB, MEMBER_PRECISIONS
-from raytrain8m.cli import LOG_NAMED, Parser, add_evaluation_flags
-from raytrain8m.cli import add_verbose_flag, console
-from raytrain8m.errors import Raytrain8mError, fail
+from raytrain8m.runtime.cli import LOG_NAMED, Parser, add_evaluation_flags, add_verbose_flag, console
+from raytrain8m.runtime.errors import Raytrain8mError, fail
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -64,7 +63,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     console(args.verbose, tensorflow=True, log_format=LOG_NAMED)
-    from raytrain8m.ensemble import make_ensemble, parse_weights
+    from raytrain8m.compose.ensemble import make_ensemble, parse_weights
 
     try:
         result = make_ensemble(args.members, args.out, weights=parse_weights(args.weights),

@@ -19,9 +19,8 @@ import logging
 import sys
 from typing import Sequence
 
-from raytrain8m.cli import LOG_PLAIN, Parser, add_skip_corrupt, positive_int
-from raytrain8m.cli import add_verbose_flag, console
-from raytrain8m.errors import Raytrain8mError, fail
+from raytrain8m.runtime.cli import LOG_PLAIN, Parser, add_skip_corrupt, add_verbose_flag, console, positive_int
+from raytrain8m.runtime.errors import Raytrain8mError, fail
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -42,7 +41,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     console(args.verbose, tensorflow=True, log_format=LOG_PLAIN, log_level=logging.WARNING)
     try:
-        from raytrain8m.evaluate import evaluate_checkpoint
+        from raytrain8m.records.evaluate import evaluate_checkpoint
         metrics = evaluate_checkpoint(args.checkpoint, args.data, batch_size=args.batch_size,
                                       progress=not args.no_progress, track=not args.no_track,
                                       skip_corrupt=args.skip_corrupt, mean_ap=args.map)

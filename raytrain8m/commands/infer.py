@@ -19,9 +19,16 @@ import json
 import sys
 from typing import Sequence
 
-from raytrain8m.cli import LOG_NAMED, Parser, add_skip_corrupt, check_output, positive_int
-from raytrain8m.cli import add_verbose_flag, console
-from raytrain8m.errors import Raytrain8mError, fail
+from raytrain8m.runtime.cli import (
+    LOG_NAMED,
+    Parser,
+    add_skip_corrupt,
+    add_verbose_flag,
+    check_output,
+    console,
+    positive_int,
+)
+from raytrain8m.runtime.errors import Raytrain8mError, fail
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -46,7 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     console(args.verbose, tensorflow=True, log_format=LOG_NAMED)
     try:
         check_output(args.out, directory=False)  # before TensorFlow and Ray start
-        from raytrain8m.infer import infer
+        from raytrain8m.compose.infer import infer
         summary = infer(args.model, args.data, args.out, batch_size=args.batch_size, workers=args.workers,
                         use_gpu=args.use_gpu, source=args.source, track=not args.no_track,
                         skip_corrupt=args.skip_corrupt)

@@ -18,9 +18,9 @@ from typing import Sequence
 
 import numpy as np
 
-from raytrain8m.cli import add_verbose_flag, console
-from raytrain8m.errors import Raytrain8mError, fail
 from raytrain8m.models import ModelConfig
+from raytrain8m.runtime.cli import add_verbose_flag, console
+from raytrain8m.runtime.errors import Raytrain8mError, fail
 
 # Table 1 of the paper, largest first (letters Y G F X H K L J A N S O T Q E R M P).
 TABLE1_MODELS = (

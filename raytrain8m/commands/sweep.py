@@ -39,10 +39,9 @@ import json
 import sys
 from typing import Sequence
 
-from raytrain8m.cli import LOG_NAMED, Parser, add_skip_corrupt
-from raytrain8m.cli import add_verbose_flag, console
-from raytrain8m.errors import Raytrain8mError, fail
-from raytrain8m.train import MIXED_PRECISIONS
+from raytrain8m.runtime.cli import LOG_NAMED, Parser, add_skip_corrupt, add_verbose_flag, console
+from raytrain8m.runtime.errors import Raytrain8mError, fail
+from raytrain8m.train.config import MIXED_PRECISIONS
 
 SMOKE = {"grid": "K4-H16,K8-H16", "classes": 20, "max_steps": 20, "checkpoint_every": 5,
          "eval_every": 0, "eval_batches": 2, "log_every": 5, "batch_sizes": "16,8",
@@ -102,8 +101,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     console(args.verbose, log_format=LOG_NAMED)
-    from raytrain8m import placement, sweep, sweep_records
-    from raytrain8m.zoo import build_zoo
+    from raytrain8m.select.zoo import build_zoo
+    from raytrain8m.sweep import placement
+    from raytrain8m.sweep import records as sweep_records
+    from raytrain8m.sweep import tune as sweep
 
     try:
         if args.status:

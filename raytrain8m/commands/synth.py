@@ -16,8 +16,8 @@ import sys
 from typing import Sequence
 
 from raytrain8m.data.synthetic import generate
-from raytrain8m.cli import add_verbose_flag, console
-from raytrain8m.errors import Raytrain8mError, fail
+from raytrain8m.runtime.cli import add_verbose_flag, console
+from raytrain8m.runtime.errors import Raytrain8mError, fail
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -26,16 +26,15 @@ import json
 import sys
 from typing import Any, Sequence
 
-from raytrain8m import localray, settings
-from raytrain8m.cli import LOG_PLAIN, Parser, check_output
-from raytrain8m.cli import add_verbose_flag, console
-from raytrain8m.errors import ConfigError, Raytrain8mError, fail
 from raytrain8m.models import NAME_FIELDS, ModelConfig
-from raytrain8m.train import MIXED_PRECISIONS, TrainConfig
+from raytrain8m.runtime import localray, settings
+from raytrain8m.runtime.cli import LOG_PLAIN, Parser, add_verbose_flag, check_output, console
+from raytrain8m.runtime.errors import ConfigError, Raytrain8mError, fail
+from raytrain8m.train.config import MIXED_PRECISIONS, TrainConfig
 
 # Flag names that differ from the field names (the field's own name is accepted too).
 SHORT_NAMES = {"num_classes": "--classes", "learning_rate": "--lr", "num_workers": "--workers"}
-NOT_FLAGS = {"model", "mlflow_run_id", "tracking_uri", "crash_at_step"}  # set by code, not by users
+NOT_FLAGS = {"model", "mlflow_run_id", "tracking_uri"}  # set by code, not by users
 CHOICES = {"mixed_precision": MIXED_PRECISIONS}  # flags with a fixed set of values
 SMOKE = dict(cluster_size=4, hidden_size=16, num_classes=20, iterations=10, batch_size=8, max_steps=20,
              checkpoint_every=10, eval_every=10, log_every=5, max_frames=12, num_workers=2,
@@ -116,9 +115,11 @@ def _smoke_data(config: TrainConfig) -> TrainConfig:
 
 
 def _check_resume(config: TrainConfig, resume: bool) -> None:
-    from raytrain8m.checkpoint import list_checkpoints
+    from raytrain8m.records.checkpoint import list_checkpoints
 
-    run_dir = config.resolved().run_dir
+    from raytrain8m.train.driver import resolve
+
+    run_dir = resolve(config).run_dir
     existing = list_checkpoints(run_dir) if run_dir.exists() else []
     if existing and not resume:
         raise ConfigError(f"{run_dir} already holds {len(existing)} checkpoint(s); pass --resume to "
@@ -136,12 +137,14 @@ def run(args: argparse.Namespace) -> int:
     console(args.verbose, tensorflow=True, log_format=LOG_PLAIN)
     try:
         config = config_from_args(args)
-        check_output(config.resolved().out)
+        from raytrain8m.train.driver import resolve
+
+        check_output(resolve(config).out)
         localray.check_auth()  # at once, not after --smoke has made its data
         if args.smoke:
             config = _smoke_data(config)
         _check_resume(config, args.resume)
-        from raytrain8m.train import fit
+        from raytrain8m.train.driver import fit
         result = fit(config)
     except Raytrain8mError as error:
         return fail(error)

@@ -15,10 +15,9 @@ import json
 import sys
 from typing import Sequence
 
-from raytrain8m.cli import Parser
-from raytrain8m.cli import add_verbose_flag, console
-from raytrain8m.errors import ConfigError, Raytrain8mError, fail
-from raytrain8m.zoo import load_zoo
+from raytrain8m.runtime.cli import Parser, add_verbose_flag, console
+from raytrain8m.runtime.errors import ConfigError, Raytrain8mError, fail
+from raytrain8m.select.zoo import load_zoo
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

@@ -3,13 +3,26 @@ local numpy batches and a Ray Data datasource. Ray is imported only by `read_dat
 from __future__ import annotations
 
 from raytrain8m.data.batches import iter_batches, iter_tables, table_to_numpy, to_model_inputs
-from raytrain8m.data.examples import (FRAME_SCHEMA, VIDEO_SCHEMA, decode_frame_record,
-                                      decode_records, decode_video_record, encode_frame_example,
-                                      encode_video_example)
-from raytrain8m.data.files import (FileSplit, expand, register_filesystem, resolve, split_files,
-                                   unregister_filesystem)
-from raytrain8m.data.schema import (AUDIO_SIZE, FEATURE_SIZE, MAX_FRAMES, NUM_CLASSES, RGB_SIZE,
-                                    DataError, dequantize, quantize)
+from raytrain8m.data.examples import (
+    FRAME_SCHEMA,
+    VIDEO_SCHEMA,
+    decode_frame_record,
+    decode_records,
+    decode_video_record,
+    encode_frame_example,
+    encode_video_example,
+)
+from raytrain8m.data.files import FileSplit, expand, register_filesystem, resolve, split_files, unregister_filesystem
+from raytrain8m.data.schema import (
+    AUDIO_SIZE,
+    FEATURE_SIZE,
+    MAX_FRAMES,
+    NUM_CLASSES,
+    RGB_SIZE,
+    DataError,
+    dequantize,
+    quantize,
+)
 from raytrain8m.data.synthetic import generate
 from raytrain8m.data.tfrecord import ReadStats, masked_crc32c, read_records, write_records
 

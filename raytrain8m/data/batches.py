@@ -13,8 +13,7 @@ import pyarrow as pa
 
 from raytrain8m.data.examples import decode_records
 from raytrain8m.data.files import expand
-from raytrain8m.data.schema import (AUDIO_SIZE, FEATURE_SIZE, MAX_FRAMES, RGB_SIZE, DataError,
-                                     dequantize)
+from raytrain8m.data.schema import AUDIO_SIZE, FEATURE_SIZE, MAX_FRAMES, RGB_SIZE, DataError, dequantize
 from raytrain8m.data.tfrecord import ReadStats, iter_framed, open_input
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from raytrain8m.errors import Raytrain8mError
+from raytrain8m.runtime.errors import Raytrain8mError
 
 RGB_SIZE = 1024
 AUDIO_SIZE = 128

@@ -20,7 +20,7 @@ from raytrain8m.data.examples import encode_frame_example, encode_video_example
 from raytrain8m.data.files import resolve
 from raytrain8m.data.schema import FEATURE_SIZE, RGB_SIZE, dequantize, quantize
 from raytrain8m.data.tfrecord import write_records
-from raytrain8m.errors import ConfigError
+from raytrain8m.runtime.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

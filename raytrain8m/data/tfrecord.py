@@ -13,9 +13,9 @@ from typing import BinaryIO, Iterable, Iterator
 import google_crc32c
 import pyarrow.fs as pafs
 
-from raytrain8m import atomic
 from raytrain8m.data.files import resolve
 from raytrain8m.data.schema import DataError
+from raytrain8m.runtime import atomic
 
 log = logging.getLogger(__name__)
 

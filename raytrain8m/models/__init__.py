@@ -1,7 +1,7 @@
 """Model families (Gated NetVLAD, NeXtVLAD, the baseline): config, variables, forward pass and
 size accounting, all through `registry` (no Ray here).
 
-The config is imported at once and the rest on first use; TensorFlow (through `raytrain8m.lazy`)
+The config is imported at once and the rest on first use; TensorFlow (through `raytrain8m.runtime.lazy`)
 only when a model is built, so that `--help`, flag parsing and size accounting never import it."""
 import importlib
 

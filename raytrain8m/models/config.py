@@ -6,7 +6,7 @@ import json
 import re
 from typing import Any, Mapping
 
-from raytrain8m.errors import ConfigError
+from raytrain8m.runtime.errors import ConfigError
 
 DEFAULT_BUDGET_MIB = 1024.0  # the paper's ensemble budget (1 GiB; its YHLS is 1019.7 MiB)
 MEMBER_PRECISIONS = ("fp16", "int8")  # how an export stores members (fp32 is never worth its size)

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import math
 
-from raytrain8m.lazy import tensorflow as tf
 from raytrain8m.models.config import ModelConfig
 from raytrain8m.models.layers import Forward, VariableSpec, batch_norm_specs, sample_frame_indices
+from raytrain8m.runtime.lazy import tensorflow as tf
 
 
 def _netvlad_specs(prefix: str, feature_size: int, cluster_size: int) -> list[VariableSpec]:

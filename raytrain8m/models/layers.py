@@ -14,8 +14,8 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from raytrain8m.lazy import tensorflow as tf
 from raytrain8m.models import storage
+from raytrain8m.runtime.lazy import tensorflow as tf
 
 BN_DECAY = 0.999  # slim.batch_norm defaults, as in the WILLOW and NeXtVLAD code
 BN_EPSILON = 1e-3

@@ -16,9 +16,9 @@ video's first `num_frames` frames.
 """
 from __future__ import annotations
 
-from raytrain8m.lazy import tensorflow as tf
 from raytrain8m.models.config import ModelConfig
 from raytrain8m.models.layers import Forward, VariableSpec, batch_norm_specs, he_normal
+from raytrain8m.runtime.lazy import tensorflow as tf
 
 MODALITIES = ("video", "audio")
 

@@ -11,11 +11,11 @@ from typing import Callable, Mapping
 
 import numpy as np
 
-from raytrain8m.errors import ConfigError
-from raytrain8m.lazy import tensorflow as tf
 from raytrain8m.models import baseline, gated_netvlad, nextvlad, storage
 from raytrain8m.models.config import BIG_TENSORS, FAMILY_NAMES, ModelConfig
 from raytrain8m.models.layers import VariableSpec, make_variables
+from raytrain8m.runtime.errors import ConfigError
+from raytrain8m.runtime.lazy import tensorflow as tf
 
 
 @dataclasses.dataclass(frozen=True)

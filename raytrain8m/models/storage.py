@@ -19,9 +19,9 @@ from typing import Iterable, Mapping
 
 import numpy as np
 
-from raytrain8m.errors import ConfigError
-from raytrain8m.lazy import tensorflow as tf
 from raytrain8m.models.config import INT8_SCHEMES, ModelConfig
+from raytrain8m.runtime.errors import ConfigError
+from raytrain8m.runtime.lazy import tensorflow as tf
 
 PRECISIONS = ("fp32", "fp16", "int8")
 INT8_MIN_ELEMENTS = 1024  # smaller weights (biases, batch norm, small layers) stay float32

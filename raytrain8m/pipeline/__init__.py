@@ -1,0 +1,1 @@
+"""The whole pipeline on the embedded default (the demo) and its report."""

@@ -1,0 +1,1 @@
+"""Choosing what to keep from a sweep: checkpoint averaging, scoring many checkpoints as Ray tasks, the zoo."""

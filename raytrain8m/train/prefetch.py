@@ -1,0 +1,101 @@
+"""A worker's training batches, read ahead in a thread. No TensorFlow here: `train.worker` starts
+reading before it imports the loop, so Ray Data's start-up (its split coordinator, the read
+tasks' processes) overlaps the worker's TensorFlow import instead of following it.
+"""
+from __future__ import annotations
+
+import queue
+import threading
+from typing import Iterator
+
+import numpy as np
+
+from raytrain8m.data import DataError
+from raytrain8m.data.batches import to_step_inputs
+from raytrain8m.runtime.errors import TrainingError
+
+
+def batches(shard, config, rank: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Step inputs (`to_step_inputs`) from this worker's shard, epoch after epoch, forever (the
+    loop counts steps). Rows pass a local shuffle buffer seeded by (seed, rank, epoch); Ray Data
+    prefetches `prefetch_batches` batches while the step runs. `config`: a `TrainConfig`."""
+    epoch = 0
+    while True:
+        produced = 0
+        shuffle = dict(local_shuffle_buffer_size=config.shuffle_buffer,
+                       local_shuffle_seed=(config.seed * 1000 + rank) * 1000 + epoch) if config.shuffle_buffer else {}
+        for batch in shard.iter_batches(batch_size=config.batch_size, batch_format="numpy", drop_last=True,
+                                        prefetch_batches=config.prefetch_batches, **shuffle):
+            frames, num_frames, labels = to_step_inputs(batch, config.model.num_classes, config.max_frames)
+            if not labels.any():
+                raise DataError(config.train_data, None, "training batch without labels (a test split?)")
+            produced += 1
+            yield frames, num_frames, labels
+        if not produced:
+            raise TrainingError(f"worker's train shard holds fewer than batch_size={config.batch_size} "
+                                f"videos (epoch {epoch}); use a smaller batch or fewer workers")
+        epoch += 1
+
+
+_END = object()  # the source is exhausted
+
+
+class Prefetcher:
+    """`source`'s items, made up to `depth` ahead in a thread that starts at once; the source's
+    error is raised where the item would have been. `close()` (or the end of a `with` block)
+    stops the thread, consumed or not, and ends the iteration."""
+
+    def __init__(self, source: Iterator[tuple], depth: int):
+        self._ready: queue.Queue = queue.Queue(maxsize=max(1, depth))
+        self._stop = threading.Event()
+        self._done = False
+        self._thread = threading.Thread(target=self._produce, args=(source,),
+                                        name="raytrain8m-prefetch", daemon=True)
+        self._thread.start()
+
+    def _put(self, entry: tuple) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._ready.put(entry, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _produce(self, source: Iterator[tuple]) -> None:
+        try:
+            for item in source:
+                if not self._put((item, None)):
+                    return
+            self._put((_END, None))
+        except BaseException as error:  # handed to the consumer, raised there
+            self._put((None, error))
+
+    def __iter__(self) -> "Prefetcher":
+        return self
+
+    def __next__(self) -> tuple:
+        while not self._done:
+            try:
+                item, error = self._ready.get(timeout=0.1)
+            except queue.Empty:
+                self._done = self._stop.is_set()
+                continue
+            if error is not None or item is _END:
+                self._done = True
+                if error is not None:
+                    raise error
+                break
+            return item
+        raise StopIteration
+
+    def close(self) -> None:
+        self._stop.set()
+        self._done = True
+        self._thread.join(timeout=5)
+
+    def __enter__(self) -> "Prefetcher":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
