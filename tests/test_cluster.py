@@ -26,7 +26,6 @@ import pytest
 import yaml
 
 from raytrain8m.runtime.gpus import GPU_PROFILES, GPU_TYPE_LABEL
-from raytrain8m.runtime.localray import CLUSTER_SWITCH
 
 REPO = Path(__file__).resolve().parents[1]
 CLUSTER_FILES = {"gcp": REPO / "cluster" / "gcp.yaml", "onprem": REPO / "cluster" / "onprem.yaml"}
@@ -145,7 +144,6 @@ def _env() -> dict:
                RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="0")  # teardown: no 30 s drain per node
     env.pop("RAY_ADDRESS", None)
     env.pop("MLFLOW_TRACKING_URI", None)
-    env.pop(CLUSTER_SWITCH, None)  # set to 0 by the session's local Ray (one node); this cluster has two
     return env
 
 

@@ -6,7 +6,8 @@
   drivers' gRPC servers, dashboard agent, runtime-env agent) binds 127.0.0.1: Ray derives each
   bind address from the node IP, and resolves the node IP to the loopback address only when
   `RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0` (read at import, by every Ray process; `_node_ip_address`
-  alone is resolved back to the machine's address). The dashboard stays off unless
+  alone is resolved back to the machine's address). It is in this process's environment only
+  while Ray's processes start, so a later multi-node `ray start` from here does not inherit it. The dashboard stays off unless
   `RAYTRAIN8M_RAY_DASHBOARD=1` (then on 127.0.0.1:8265). Token auth is required: a local Ray
   refuses to start with `RAY_AUTH_MODE` other than `token` (unset means token, as in Ray 2.60).
 - Every Ray process gets `console_env()`: TensorFlow's C++ start-up banner and CUDA probes off,
@@ -16,6 +17,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -217,12 +219,24 @@ def _token_auth() -> None:
     Config.initialize("")
 
 
-def _loopback_node() -> None:
-    """Make this process and the Ray processes it starts resolve the node IP to 127.0.0.1."""
+@contextlib.contextmanager
+def _loopback_node():
+    """Make this process and the Ray processes started inside the block (GCS, raylet, and the
+    workers the raylet starts) resolve the node IP to 127.0.0.1. The switch is in the
+    environment only while they start: a later `ray start` of a multi-node cluster from this
+    process must not inherit it."""
+    from ray._private import ray_constants
+
+    previous = os.environ.get(CLUSTER_SWITCH)
     os.environ[CLUSTER_SWITCH] = "0"
-    if "ray" in sys.modules:  # imported already: the constant was read from the environment then
-        from ray._private import ray_constants
-        ray_constants.ENABLE_RAY_CLUSTER = False
+    ray_constants.ENABLE_RAY_CLUSTER = False  # read from the environment when Ray was imported
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(CLUSTER_SWITCH, None)
+        else:
+            os.environ[CLUSTER_SWITCH] = previous
 
 
 # A local Ray is one machine that nobody preempts: Ray Train's preemption watcher (an actor, so a
@@ -246,7 +260,6 @@ def start(num_cpus: int | None = None, num_gpus: int | None = None, verbose: boo
         return False
     if address == "local":
         _token_auth()
-        _loopback_node()
     quiet_process(verbose)
     options: dict[str, Any] = {"logging_level": logging.INFO if verbose else logging.ERROR, **init_options}
     if address == "local":
@@ -259,7 +272,8 @@ def start(num_cpus: int | None = None, num_gpus: int | None = None, verbose: boo
         # Ray refuses a driver runtime env that sets a variable the job's runtime env sets too.
         options = {"address": address,
                    "runtime_env": {"env_vars": {k: v for k, v in env.items() if k not in job_env}}, **options}
-    ray.init(**options)
+    with _loopback_node() if address == "local" else contextlib.nullcontext():
+        ray.init(**options)
     if not verbose:
         _filter_forwarded_logs()
         _filter_error_channel()
