@@ -44,8 +44,8 @@ from raytrain8m.runtime.errors import Raytrain8mError, fail
 from raytrain8m.train.config import MIXED_PRECISIONS
 
 SMOKE = {"grid": "K4-H16,K8-H16", "classes": 20, "max_steps": 20, "checkpoint_every": 5,
-         "eval_every": 0, "eval_batches": 2, "log_every": 5, "batch_sizes": "16,8",
-         "batch_size": 16}
+         "batch_sizes": "16,8"}  # --smoke: flags of this parser, for those not given
+SMOKE_TRAIN = {"eval_every": 0, "eval_batches": 2, "log_every": 5, "batch_size": 16}  # TrainConfig fields
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -88,12 +88,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                                                 "(e.g. 1080Ti=2,1060,T4,L4); with --dry-run")
     run.add_argument("--zoo-interval", type=int, default=1, help="score every N-th checkpoint for the zoo")
     run.add_argument("--smoke", action="store_true",
-                     help=f"tiny settings for anything not given: {json.dumps(SMOKE)}")
+                     help=f"tiny settings for anything not given: {json.dumps({**SMOKE, **SMOKE_TRAIN})}")
     add_verbose_flag(parser)
     args = parser.parse_args(argv)
     if args.smoke:
         for key, value in SMOKE.items():
-            if not getattr(args, key, None) and not (key == "grid" and (args.cluster_sizes or args.sweep_file)):
+            if not vars(args)[key] and not (key == "grid" and (args.cluster_sizes or args.sweep_file)):
                 setattr(args, key, value)
     return args
 
@@ -101,7 +101,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     console(args.verbose, log_format=LOG_NAMED)
-    from raytrain8m.select.zoo import build_zoo
+    from raytrain8m.pipeline.stages import zoo_of_sweep
     from raytrain8m.sweep import placement
     from raytrain8m.sweep import records as sweep_records
     from raytrain8m.sweep import tune as sweep
@@ -117,9 +117,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args.grid, args.cluster_sizes, args.hidden_sizes, args.classes, args.workers_per_trial,
                 args.sweep_file, train_data=args.train_data, validate_data=args.validate_data,
                 max_steps=args.max_steps, checkpoint_every=args.checkpoint_every, holdout=args.holdout,
-                skip_corrupt=args.skip_corrupt or None,
-                **{key: getattr(args, key, None) for key in ("eval_every", "eval_batches", "log_every", "batch_size",
-                                                              "learning_rate", "mixed_precision")})
+                skip_corrupt=args.skip_corrupt or None, learning_rate=args.learning_rate,
+                mixed_precision=args.mixed_precision, **(SMOKE_TRAIN if args.smoke else {}))
             if args.batch_sizes:
                 spec = spec.replace(batch_sizes=tuple(placement.parse_ints(args.batch_sizes, "batch sizes")))
             if args.dry_run:
@@ -130,12 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         failed = [trial for trial in result.trials if trial.error]
         for trial in failed:
             print(f"error: trial {trial.model} failed: {trial.error.splitlines()[0]}", file=sys.stderr)
-        done = [trial.run_dir for trial in result.completed]
-        if not done:
-            raise Raytrain8mError("no trial completed; nothing to put in the zoo")
-        choose, report, split = sweep_records.scoring_data(result.out)  # the sweep's holdout
-        zoo = build_zoo(done, choose, result.out, interval=args.zoo_interval,
-                        parent_run_id=result.parent_run_id, report_data=report, split=split)
+        zoo = zoo_of_sweep(result, interval=args.zoo_interval)  # the trials that completed
     except Raytrain8mError as error:
         return fail(error)
     print(zoo.table())

@@ -137,7 +137,7 @@ def _run(demo: DemoScale, scale_name: str, data_root: str | Path, out: Path, max
     from raytrain8m.compose.infer import infer
     from raytrain8m.pipeline.report import write_report
     from raytrain8m.runtime import localray
-    from raytrain8m.select.zoo import build_zoo
+    from raytrain8m.pipeline.stages import zoo_of_sweep
     from raytrain8m.sweep import tune as sweep
     from raytrain8m.sweep.records import scoring_data
     from raytrain8m.train.config import TrainConfig
@@ -174,10 +174,9 @@ def _run(demo: DemoScale, scale_name: str, data_root: str | Path, out: Path, max
         raise ConfigError(f"demo sweep: trials failed: {', '.join(failed) or 'all'}; see the log above")
     mark = lap("sweep", mark)
 
-    # the sweep's holdout: choices on one half of it, reported GAPs on the other
-    choose, report, split = scoring_data(out / "sweep")
-    zoo = build_zoo([trial.run_dir for trial in result.completed], choose, out / "sweep",
-                    parent_run_id=result.parent_run_id, report_data=report, split=split)
+    zoo = zoo_of_sweep(result)
+    # the sweep's holdout: choices on one half of it (compression, the ensemble), reported GAPs on the other
+    choose, report, _ = scoring_data(out / "sweep")
     mark = lap("zoo (evaluate + average checkpoints)", mark)
 
     compression = [compress_checkpoint(entry.checkpoint, out / "fp16" / entry.name,
