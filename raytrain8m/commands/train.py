@@ -114,20 +114,6 @@ def _smoke_data(config: TrainConfig) -> TrainConfig:
                           validate_data=config.validate_data or str(root / "validate*.tfrecord"))
 
 
-def _check_resume(config: TrainConfig, resume: bool) -> None:
-    from raytrain8m.records.checkpoint import list_checkpoints
-
-    from raytrain8m.train.driver import resolve
-
-    run_dir = resolve(config).run_dir
-    existing = list_checkpoints(run_dir) if run_dir.exists() else []
-    if existing and not resume:
-        raise ConfigError(f"{run_dir} already holds {len(existing)} checkpoint(s); pass --resume to "
-                          "continue it or --run-name/--out for a new run")
-    if resume and not existing:
-        raise ConfigError(f"--resume: {run_dir} holds no checkpoint")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     return run(parse_args(argv))
 
@@ -137,15 +123,13 @@ def run(args: argparse.Namespace) -> int:
     console(args.verbose, tensorflow=True, log_format=LOG_PLAIN)
     try:
         config = config_from_args(args)
-        from raytrain8m.train.driver import resolve
+        from raytrain8m.train.driver import fit, resolve
 
         check_output(resolve(config).out)
         localray.check_auth()  # at once, not after --smoke has made its data
         if args.smoke:
             config = _smoke_data(config)
-        _check_resume(config, args.resume)
-        from raytrain8m.train.driver import fit
-        result = fit(config)
+        result = fit(config, resume="continue" if args.resume else "new")
     except Raytrain8mError as error:
         return fail(error)
     print(json.dumps({"run_dir": str(result.run_dir), "mlflow_run_id": result.mlflow_run_id,

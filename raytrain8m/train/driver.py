@@ -21,6 +21,7 @@ from raytrain8m.train.config import TrainConfig
 
 log = logging.getLogger(__name__)
 
+RESUME_MODES = ("auto", "new", "continue")  # fit's `resume`
 MLFLOW_JSON = "mlflow.json"  # in the run directory: the MLflow run a resumed fit logs into
 def resolve(config: TrainConfig) -> TrainConfig:
     """Defaults that depend on the environment made explicit; absolute paths for the workers."""
@@ -57,6 +58,19 @@ class TrainResult:
     run_dir: Path
     mlflow_run_id: str
     config: TrainConfig
+
+
+def check_resume(config: TrainConfig, resume: str) -> None:
+    """Refuse to start over a run's checkpoints (`resume="new"`) or to continue a run that has
+    none (`"continue"`); `"auto"` takes either."""
+    if resume not in RESUME_MODES:
+        raise ConfigError(f"resume must be one of {', '.join(RESUME_MODES)}, got {resume!r}")
+    existing = list_checkpoints(config.run_dir) if config.run_dir.exists() else []
+    if existing and resume == "new":
+        raise ConfigError(f"{config.run_dir} already holds {len(existing)} checkpoint(s); pass --resume to "
+                          "continue it or --run-name/--out for a new run")
+    if not existing and resume == "continue":
+        raise ConfigError(f"--resume: {config.run_dir} holds no checkpoint")
 
 
 def check_inputs(config: TrainConfig) -> None:
@@ -185,7 +199,8 @@ def _log_split(split: Split, config: TrainConfig, logger: tracking.RunLogger) ->
 
 def fit(config: TrainConfig, parent_run_id: str | None = None, tags: Mapping[str, Any] | None = None,
         resources_per_worker: Mapping[str, float] | None = None,
-        scaling_options: Mapping[str, Any] | None = None, split: Split | None = None) -> TrainResult:
+        scaling_options: Mapping[str, Any] | None = None, split: Split | None = None,
+        resume: str = "auto") -> TrainResult:
     """Train (or resume) one model on Ray Train and return its checkpoints and final metrics.
 
     `parent_run_id` makes the MLflow run a child (a sweep's trial); `resources_per_worker` and
@@ -193,6 +208,9 @@ def fit(config: TrainConfig, parent_run_id: str | None = None, tags: Mapping[str
     failure the MLflow run ends FAILED and a worker's own error is raised plainly.
     The held-out validate files (`config.holdout`, or `split` when a sweep made it) never reach
     the workers; the split is written as `<run dir>/split.json` and logged to the MLflow run.
+    `resume`: "auto" continues from the run directory's newest complete checkpoint if there is
+    one (a sweep's retried trial), "new" refuses a run directory that holds checkpoints,
+    "continue" one that holds none (`jobs/train.py` without and with `--resume`).
     """
     from raytrain8m.train.failures import ERROR_JSON, worker_error
 
@@ -206,6 +224,7 @@ def fit(config: TrainConfig, parent_run_id: str | None = None, tags: Mapping[str
             if config.eval_every or config.eval_batches:
                 raise
             # no validate files and nothing to evaluate: nothing to hold out
+    check_resume(config, resume)
     check_inputs(config)
     (config.run_dir / ERROR_JSON).unlink(missing_ok=True)  # a previous attempt's
     run_id = _mlflow_run(config, parent_run_id, tags)
