@@ -166,24 +166,18 @@ def predict_members(members: Sequence[Member], data: str | Sequence[str], direct
                     progress: bool = True) -> PredictionStore:
     """Run each member once over `data` into a prediction store in `directory` (float16 on disk,
     videos × classes × 2 bytes a member; memory: one batch)."""
-    from tqdm import tqdm
-
     from raytrain8m.compose.compress import load_predictor_at
-    from raytrain8m.data.batches import iter_batches, to_model_inputs
+    from raytrain8m.records.evaluate import predict_batches
 
     num_classes = members[0].config.num_classes
     store = PredictionStore.create(directory, num_classes)
     for member in members:
         predict = load_predictor_at(member.checkpoint, member.precision)
-        batches = iter_batches(data, batch_size, num_classes=num_classes)
-        with store.writer(member.letter or member.name) as writer:
-            for index, batch in enumerate(tqdm(batches, desc=f"predict {member.letter or member.name}",
-                                               unit="batch", disable=not progress, leave=False)):
-                if max_batches is not None and index >= max_batches:
-                    break
-                frames, num_frames, batch_labels = to_model_inputs(batch, num_classes)
-                writer.add(np.asarray(predict(frames, num_frames), np.float32), batch_labels,
-                           [str(i) for i in batch["id"]])
+        name = member.letter or member.name
+        with store.writer(name) as writer:
+            for batch in predict_batches(predict, data, num_classes, batch_size, max_batches, progress=progress,
+                                         desc=f"predict {name}"):
+                writer.add(batch.scores, batch.labels, batch.ids)
             if not writer.videos:
                 raise ConfigError(f"no validate videos in {data}")
     return store

@@ -79,16 +79,15 @@ def format_rows(ids: Sequence[str], predictions: np.ndarray, top_k: int = TOP_K)
 def predict_file(predict: Predict, path: str, batch_size: int, num_classes: int,
                  skip_corrupt: bool = False) -> tuple[list[str], int]:
     """The file's CSV rows, and how many corrupt records `skip_corrupt` left out."""
-    from raytrain8m.data.batches import iter_batches, to_model_inputs
     from raytrain8m.data.tfrecord import ReadStats
+    from raytrain8m.records.evaluate import predict_batches
 
     rows, stats = [], ReadStats()
-    for batch in iter_batches(path, batch_size, skip_corrupt=skip_corrupt, stats=stats):
-        ids = [str(video_id) if video_id is not None else "" for video_id in batch["id"]]
-        if not all(ids):
+    for batch in predict_batches(predict, path, num_classes, batch_size, skip_corrupt=skip_corrupt, stats=stats,
+                                 check_labels=False):
+        if not all(batch.ids):
             raise DataError(path, None, "videos without an id; inference needs the `id` of every video")
-        frames, num_frames, _ = to_model_inputs(batch, num_classes)
-        rows.extend(format_rows(ids, np.asarray(predict(frames, num_frames))))
+        rows.extend(format_rows(batch.ids, batch.scores))
     return rows, stats.skipped
 
 

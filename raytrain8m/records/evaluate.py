@@ -1,9 +1,10 @@
 """Score a checkpoint (or any predictor) on a labelled split: GAP, Hit@1, PERR, mAP."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 from tqdm import tqdm
@@ -45,6 +46,34 @@ def load_predictor(path: str | os.PathLike) -> tuple[Predictor, Checkpoint]:
     return predictor(model_from_tensors(checkpoint.config, checkpoint.tensors)), checkpoint
 
 
+@dataclasses.dataclass
+class Predicted:
+    """One batch through a predictor: the videos' ids, probabilities [B, V] and labels [B, V]
+    (None when the batch has none, e.g. the test split)."""
+
+    ids: list[str]
+    scores: np.ndarray
+    labels: np.ndarray | None
+
+
+def predict_batches(predict: Predictor, data: str | Sequence[str], num_classes: int, batch_size: int = 256,
+                    max_batches: int | None = None, skip_corrupt: bool = False, stats: ReadStats | None = None,
+                    progress: bool = False, desc: str = "predict", check_labels: bool = True
+                    ) -> Iterator[Predicted]:
+    """The one prediction loop (evaluation, member predictions, inference): every video of `data`
+    through `predict`, batch by batch; memory is one batch. Corrupt records are counted in
+    `stats` under `skip_corrupt`, else raise; so is a label outside `num_classes` unless not
+    `check_labels` (inference ignores labels)."""
+    batches: Iterable = iter_batches(data, batch_size, num_classes=num_classes if check_labels else None,
+                                     skip_corrupt=skip_corrupt, stats=stats)
+    for index, batch in enumerate(tqdm(batches, desc=desc, unit="batch", disable=not progress, leave=False)):
+        if max_batches is not None and index >= max_batches:
+            break
+        frames, num_frames, labels = to_model_inputs(batch, num_classes)
+        ids = [str(video_id) if video_id is not None else "" for video_id in batch["id"]]
+        yield Predicted(ids, np.asarray(predict(frames, num_frames), np.float32), labels)
+
+
 def evaluate(predict: Predictor, data: str | Sequence[str], num_classes: int, batch_size: int = 256,
              max_batches: int | None = None, progress: bool = True, desc: str = "evaluate",
              skip_corrupt: bool = False, mean_ap: bool = False) -> dict:
@@ -54,19 +83,14 @@ def evaluate(predict: Predictor, data: str | Sequence[str], num_classes: int, ba
     expand(data)  # missing or empty files: the error now, before a progress bar
     accumulator = MetricsAccumulator(num_classes, keep_all=mean_ap)
     stats = ReadStats()
-    batches: Iterable = iter_batches(data, batch_size, num_classes=num_classes, skip_corrupt=skip_corrupt,
-                                     stats=stats)
     seen = 0
-    for index, batch in enumerate(tqdm(batches, desc=desc, unit="batch", disable=not progress,
-                                       leave=False)):
-        if max_batches is not None and index >= max_batches:
-            break
-        frames, num_frames, labels = to_model_inputs(batch, num_classes)
-        if labels is None:
+    for batch in predict_batches(predict, data, num_classes, batch_size, max_batches, skip_corrupt, stats,
+                                 progress, desc):
+        if batch.labels is None:
             raise DataError(str(data), None, "videos without labels: evaluation needs a labelled split "
                                              "(validate*, not test*)")
-        accumulator.add(predict(frames, num_frames), labels)
-        seen += len(labels)
+        accumulator.add(batch.scores, batch.labels)
+        seen += len(batch.labels)
     if not seen:
         raise DataError(str(data), None, "no video to evaluate" + (
             f" ({stats.skipped} corrupt records skipped)" if stats.skipped else ""))
