@@ -9,10 +9,10 @@ import tensorflow as tf
 
 from raytrain8m.commands import ensemble as ensemble_command
 from raytrain8m.commands import sizes as sizes_command
-from raytrain8m.compose.compress import built_size_mib, compress_checkpoint
+from raytrain8m.compose.compress import compress_checkpoint
 from raytrain8m.compose.ensemble import member_from_checkpoint
 from raytrain8m.compose.export import export_ensemble, stored_mib
-from raytrain8m.models import BIG_TENSORS, ModelConfig, create_variables, size_mib, storage, variable_specs
+from raytrain8m.models import BIG_TENSORS, ModelConfig, built_size, create_variables, size_mib, storage, variable_specs
 from raytrain8m.records.checkpoint import load_checkpoint
 from raytrain8m.runtime.errors import ConfigError
 
@@ -71,7 +71,7 @@ def test_int8_sizes_come_from_the_variables_built_and_are_a_quarter_of_fp32():
     for config in (tiny_config(8, 24), ModelConfig.from_name("K16-H256")):
         for scheme in ("affine", "codebook"):
             int8 = config.replace(int8=scheme)
-            assert size_mib(int8) == pytest.approx(built_size_mib(int8), rel=1e-9)
+            assert size_mib(int8) == pytest.approx(built_size(int8)[0], rel=1e-9)
     assert round(size_mib(ModelConfig.from_name("K16-H256", int8="affine")), 2) == 40.14
     assert round(size_mib(ModelConfig.from_name("K24-H1440", int8="affine")), 2) == 179.30
     with pytest.raises(ConfigError, match="int8"):

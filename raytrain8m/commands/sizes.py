@@ -16,7 +16,6 @@ import json
 import sys
 from typing import Sequence
 
-import numpy as np
 
 from raytrain8m.models import ModelConfig
 from raytrain8m.runtime.cli import add_verbose_flag, console
@@ -33,17 +32,9 @@ NEXTVLAD_MODELS = ("NX-K128-H2048", "NX-K112-H2048-R16")
 ALIASES = {"paper": TABLE1_MODELS, "nextvlad": NEXTVLAD_MODELS}
 
 
-def built_size(config: ModelConfig) -> tuple[float, int]:
-    """(MiB, parameters) of the variables `create_variables` builds for `config`."""
-    from raytrain8m.models import create_variables
-
-    variables = create_variables(config, zeros=True)
-    size_bytes = sum(int(np.prod(v.shape)) * v.dtype.size for v in variables.values())
-    parameters = sum(int(np.prod(v.shape)) for v in variables.values())
-    return size_bytes / 2**20, parameters
-
-
 def sizes(names: Sequence[str], num_classes: int) -> list[dict]:
+    from raytrain8m.models import built_size  # builds the variables: TensorFlow, not for --help
+
     rows = []
     for name in (part for name in names for part in ALIASES.get(name, (name,))):
         config = ModelConfig.from_name(name, num_classes=num_classes)
@@ -83,7 +74,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    console(args.verbose)
+    console(args.verbose, tensorflow=True)
     try:
         rows = sizes(args.models, args.classes)
     except Raytrain8mError as error:

@@ -32,7 +32,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    console(args.verbose)
+    console(args.verbose, tensorflow=True)
     try:
         zoo = load_zoo(args.zoo)
         for pin in args.pin:

@@ -13,7 +13,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from raytrain8m.models import ModelConfig, create_variables, storage, storage_dtype
+from raytrain8m.models import ModelConfig, built_size, storage, storage_dtype
 from raytrain8m.records.checkpoint import load_checkpoint, save_checkpoint
 
 log = logging.getLogger(__name__)
@@ -24,14 +24,6 @@ def to_fp16(config: ModelConfig, tensors: Mapping[str, np.ndarray]) -> tuple[Mod
     config16 = config.replace(fp16=True)
     return config16, {name: np.asarray(value).astype(storage_dtype(config16, name))
                       for name, value in tensors.items()}
-
-
-def built_size_mib(config: ModelConfig) -> float:
-    """MiB of the variables really built for `config` (moving statistics included)."""
-    variables = create_variables(config, zeros=True)
-    size = sum(int(np.prod(v.shape)) * v.dtype.size for v in variables.values()) / 2**20
-    del variables
-    return size
 
 
 def to_int8(config: ModelConfig, tensors: Mapping[str, np.ndarray],
@@ -89,8 +81,8 @@ def compress_checkpoint(src: str | os.PathLike, dst: str | os.PathLike,
     save_checkpoint(dst, compressed_config, tensors, step=checkpoint.step,
                     state={**{k: v for k, v in checkpoint.state.items() if k != "step"},
                            "compressed_from": str(src), "precision": precision})
-    report = CompressReport(str(src), str(dst), config32.name, built_size_mib(config32),
-                            built_size_mib(compressed_config), precision)
+    report = CompressReport(str(src), str(dst), config32.name, built_size(config32)[0],
+                            built_size(compressed_config)[0], precision)
     if validate_data is not None:
         from raytrain8m.records.evaluate import evaluate, load_predictor
 

@@ -11,7 +11,7 @@ _LAZY = {
     "GatedNetVLAD": "gated_netvlad", "NeXtVLAD": "nextvlad",
     **{name: "layers" for name in ("VariableSpec", "cross_entropy", "sample_frame_indices")},
     **{name: "registry" for name in (
-        "FAMILIES", "MODELS", "activation_floats", "build", "create_variables", "family", "flops_per_video",
+        "FAMILIES", "MODELS", "activation_floats", "build", "built_size", "create_variables", "family", "flops_per_video",
         "from_variables", "half_tensors", "num_parameters", "size_mib", "storage_dtype", "variable_specs")},
 }
 

@@ -81,6 +81,16 @@ def size_mib(config: ModelConfig, fp16: bool | None = None) -> float:
                for spec in variable_specs(sized)) / 2**20
 
 
+def built_size(config: ModelConfig) -> tuple[float, int]:
+    """(MiB, parameters) of the variables `create_variables` really builds for `config` (moving
+    statistics included): the check on `size_mib`'s accounting from the specs. Builds them
+    (zeros), so it takes the model's memory for a moment."""
+    variables = create_variables(config, zeros=True)
+    size_bytes = sum(int(np.prod(v.shape)) * v.dtype.size for v in variables.values())
+    parameters = sum(int(np.prod(v.shape)) for v in variables.values())
+    return size_bytes / 2**20, parameters
+
+
 def flops_per_video(config: ModelConfig) -> int:
     """Multiply-adds × 2 of one forward pass (the MFU benchmark and placement use it)."""
     return family(config).flops_per_video(config)
