@@ -7,8 +7,10 @@ Recipes (CPU is enough; about a minute for tiny synthetic models, minutes per me
     python jobs/ensemble.py --members YHLS --zoo runs/sweep/zoo.json --out runs/ensemble \\
         --validate-data 'data/synth/validate*.tfrecord' --tune-weights
     python jobs/ensemble.py --members runs/avg/K16-H256,runs/avg/K32-H512 --out runs/ensemble
-    python jobs/ensemble.py --search 1024 --precision int8 --zoo runs/sweep/zoo.json \
+    python jobs/ensemble.py --search 1024 --precision int8 --zoo runs/sweep/zoo.json \\
         --validate-data 'data/synth/validate*.tfrecord' --out runs/ensemble-int8   # 8-bit members
+    python jobs/ensemble.py --search 1024 --precision auto --zoo runs/sweep/zoo.json \\
+        --out runs/ensemble-mixed        # each member at fp16 or int8, whichever ranks best
     python jobs/ensemble.py --search 1024 --zoo runs/sweep/zoo.json \\
         --validate-data 'data/synth/validate*.tfrecord' [--tune-weights] [--out runs/ensemble]
 
@@ -17,7 +19,8 @@ sum to 1 are normalised (with a warning); one weight per member, else an error. 
 the sum of the members' sizes at --precision (fp16, or int8: big weights as uint8 codes
 dequantized in the graph, about half the fp16 size); over --budget (default 1024 MiB) is an error.
 --search ranks every zoo combination under BUDGET MiB by validate GAP (the paper's Table 2)
-and exports the best one when --out is given. Writes DIR/inference_model/ (the starter's
+and exports the best one when --out is given; with --precision auto it offers every model at
+fp16 and at int8 (shown as A8) and picks each member's precision with the combination. Writes DIR/inference_model/ (the starter's
 MetaGraph), DIR/saved_model/, DIR/model_flags.json, DIR/ensemble.json; last line: JSON.
 """
 from __future__ import annotations
@@ -27,7 +30,7 @@ import json
 import sys
 from typing import Sequence
 
-from raytrain8m.models.config import DEFAULT_BUDGET_MIB, MEMBER_PRECISIONS
+from raytrain8m.models.config import DEFAULT_BUDGET_MIB, MEMBER_PRECISIONS, SEARCH_AUTO
 from raytrain8m.runtime.cli import LOG_NAMED, Parser, add_evaluation_flags, add_verbose_flag, console
 from raytrain8m.runtime.errors import Raytrain8mError, fail
 
@@ -44,8 +47,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="rank zoo combinations whose sizes fit BUDGET_MIB by validate GAP")
     parser.add_argument("--budget", type=float, default=DEFAULT_BUDGET_MIB,
                         help="size budget in MiB, sum of member sizes at --precision (default: %(default)g)")
-    parser.add_argument("--precision", choices=MEMBER_PRECISIONS, default="fp16",
-                        help="how the export stores the members' big weights (default: %(default)s)")
+    parser.add_argument("--precision", choices=(*MEMBER_PRECISIONS, SEARCH_AUTO), default="fp16",
+                        help="how the export stores the members' big weights (default: %(default)s); "
+                             f"{SEARCH_AUTO}: --search picks each member's")
     parser.add_argument("--zoo", help="zoo.json (needed for letters and --search), e.g. runs/sweep/zoo.json")
     parser.add_argument("--validate-data", help="validate split glob: member and ensemble GAPs, tuning, search")
     parser.add_argument("--average", action=argparse.BooleanOptionalAction, default=True,

@@ -20,7 +20,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from raytrain8m.models import ModelConfig, family, size_mib
-from raytrain8m.models.config import DEFAULT_BUDGET_MIB, MEMBER_PRECISIONS
+from raytrain8m.models.config import DEFAULT_BUDGET_MIB, MEMBER_PRECISIONS, SEARCH_AUTO
 from raytrain8m.models.storage import with_precision
 from raytrain8m.records.checkpoint import is_checkpoint, read_config
 from raytrain8m.records.predictions import PredictionStore, combinations, rank_combinations, tune_weights
@@ -163,17 +163,18 @@ def parse_weights(text: str | None) -> list[float] | None:
 
 def predict_members(members: Sequence[Member], data: str | Sequence[str], directory: str | os.PathLike,
                     batch_size: int = 256, max_batches: int | None = None,
-                    progress: bool = True) -> PredictionStore:
+                    progress: bool = True, names: Sequence[str] | None = None) -> PredictionStore:
     """Run each member once over `data` into a prediction store in `directory` (float16 on disk,
-    videos × classes × 2 bytes a member; memory: one batch)."""
+    videos × classes × 2 bytes a member; memory: one batch). `names`: the store's name for each
+    (default: its letter, else its model name)."""
     from raytrain8m.compose.compress import load_predictor_at
     from raytrain8m.records.evaluate import predict_batches
 
     num_classes = members[0].config.num_classes
     store = PredictionStore.create(directory, num_classes)
-    for member in members:
+    for index, member in enumerate(members):
         predict = load_predictor_at(member.checkpoint, member.precision)
-        name = member.letter or member.name
+        name = names[index] if names is not None else member.letter or member.name
         with store.writer(name) as writer:
             for batch in predict_batches(predict, data, num_classes, batch_size, max_batches, progress=progress,
                                          desc=f"predict {name}"):
@@ -234,6 +235,8 @@ def make_ensemble(members_spec: str | None, out: str | os.PathLike | None, weigh
             log.info("scoring on the zoo's holdout: %s", zoo.split)
     if search_budget_mib is not None and members_spec:
         raise ConfigError("give --members or --search, not both")
+    if precision == SEARCH_AUTO and search_budget_mib is None:
+        raise ConfigError(f"--precision {SEARCH_AUTO} is for --search (it picks each member's precision)")
     if search_budget_mib is not None:
         if zoo_path is None or validate_data is None:
             raise ConfigError("--search needs --zoo and --validate-data")
@@ -293,7 +296,8 @@ def make_ensemble(members_spec: str | None, out: str | os.PathLike | None, weigh
             register_ensemble(run_id, result.out, {
                 "members": ",".join(m.name + (f" ({m.letter})" if m.letter else "") for m in members),
                 "weights": ",".join(f"{w:.4f}" for w in weights),
-                "sizes_mib": ",".join(f"{m.fp16_mib:.3f}" for m in members), "size_mib": f"{size:.3f}",
+                "sizes_mib": ",".join(f"{m.stored_mib:.3f}" for m in members),
+                "precisions": ",".join(m.precision for m in members), "size_mib": f"{size:.3f}",
                 "validate_gap": "" if validate_gap is None else f"{validate_gap:.4f}"})
     return result
 
@@ -303,19 +307,29 @@ def search(zoo_path: str | os.PathLike, validate_data: str | Sequence[str], budg
            batch_size: int = 256, max_batches: int | None = None, progress: bool = True,
            predictions_dir: str | os.PathLike | None = None,
            precision: str = "fp16") -> tuple[list[dict], list[Member]]:
-    """Rank every zoo combination (1..max_members members) whose sizes at `precision` (fp16 or
-    int8) fit `budget_mib`: (rows best first, the zoo's members the rows' indices refer to)."""
+    """Rank every zoo combination (1..max_members members) whose sizes at `precision` fit
+    `budget_mib`: (rows best first, the candidates the rows' indices refer to). `precision`
+    fp16 or int8 holds every member at it; `auto` offers each model at both (int8 shown as
+    `A8`) and lets the ranking pick each member's, one precision per model in a combination."""
+    if precision not in (*MEMBER_PRECISIONS, SEARCH_AUTO):
+        raise ConfigError(f"--precision must be one of {', '.join((*MEMBER_PRECISIONS, SEARCH_AUTO))}, "
+                          f"got {precision!r}")
     zoo = _zoo(zoo_path)
-    candidates = [zoo_member(entry, average, precision) for entry in zoo.models]
+    precisions = MEMBER_PRECISIONS if precision == SEARCH_AUTO else (precision,)
+    candidates = [zoo_member(entry, average, held) for entry in zoo.models for held in precisions]
     if not candidates:
         raise ConfigError(f"{zoo_path}: the zoo has no models")
     check_compatible(candidates)
+    groups = [index // len(precisions) for index in range(len(candidates))]
+    labels = [(m.letter or "?") + ("8" if precision == SEARCH_AUTO and m.precision == "int8" else "")
+              for m in candidates]
     with _predictions_dir(predictions_dir) as directory:
         # fail on the budget before predicting anything
-        combinations([m.stored_mib for m in candidates], budget_mib, max_members)
-        store = predict_members(candidates, validate_data, directory, batch_size, max_batches, progress)
+        combinations([m.stored_mib for m in candidates], budget_mib, max_members, groups)
+        store = predict_members(candidates, validate_data, directory, batch_size, max_batches, progress,
+                                names=labels)
         rows = rank_combinations(store, [m.stored_mib for m in candidates], budget_mib, max_members, tune,
-                                 tune_top, [m.letter or "?" for m in candidates])
+                                 tune_top, labels, groups=groups)
     for member, gap in zip(candidates, store_gaps_of_singles(rows, len(candidates))):
         member.gap = gap
     return rows, candidates

@@ -280,11 +280,14 @@ class PredictionStore:
         return [pooled_ap(c, h, positives) for c, h in zip(confidence, hits)]
 
 
-def combinations(sizes_mib: Sequence[float], budget_mib: float, max_members: int) -> list[tuple[int, ...]]:
-    """Every combination of 1..max_members members whose sizes fit the budget."""
+def combinations(sizes_mib: Sequence[float], budget_mib: float, max_members: int,
+                 groups: Sequence[int] | None = None) -> list[tuple[int, ...]]:
+    """Every combination of 1..max_members members whose sizes fit the budget; with `groups`
+    (candidate → model, e.g. one model at two precisions) at most one candidate of each group."""
     found = [combo for size in range(1, max_members + 1)
              for combo in itertools.combinations(range(len(sizes_mib)), size)
-             if sum(sizes_mib[i] for i in combo) <= budget_mib]
+             if sum(sizes_mib[i] for i in combo) <= budget_mib
+             and (groups is None or len({groups[i] for i in combo}) == len(combo))]
     if not found:
         raise BudgetError(f"no zoo model fits in {budget_mib:g} MiB (smallest {min(sizes_mib):.2f} MiB)")
     return found
@@ -292,12 +295,13 @@ def combinations(sizes_mib: Sequence[float], budget_mib: float, max_members: int
 
 def rank_combinations(store: PredictionStore, sizes_mib: Sequence[float], budget_mib: float,
                       max_members: int = 4, tune: bool = False, tune_top: int = 5,
-                      letters: Sequence[str] | None = None, memory_mib: float = 512) -> list[dict]:
+                      letters: Sequence[str] | None = None, memory_mib: float = 512,
+                      groups: Sequence[int] | None = None) -> list[dict]:
     """The paper's Table 2 from a prediction store: every combination under the budget with equal
     weights, scored chunk by chunk (memory bounded by `memory_mib`, whatever their number); with
-    `tune`, the `tune_top` best are re-ranked with tuned weights."""
+    `tune`, the `tune_top` best are re-ranked with tuned weights. `groups`: see `combinations`."""
     letters = list(letters) if letters is not None else store.members
-    combos = combinations(sizes_mib, budget_mib, max_members)
+    combos = combinations(sizes_mib, budget_mib, max_members, groups)
     singles = [(index,) for index in range(len(sizes_mib))]
     scored = combos + [combo for combo in singles if combo not in combos]
     gaps = store.gaps([(combo, [1.0 / len(combo)] * len(combo)) for combo in scored], memory_mib=memory_mib)
