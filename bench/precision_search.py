@@ -1,4 +1,4 @@
-r"""The ensemble search under one size budget with members stored as fp16 vs as int8.
+r"""The ensemble search under one size budget with members stored as fp16, as int8, or each at its best.
 
     make sweep                                   # a 4-model zoo in runs/sweep (about 5 min here)
     python bench/precision_search.py --budget 2.5   # or: --sweep DIR --budget MIB
@@ -7,11 +7,13 @@ int8 weights take about half the bytes of fp16 (models/storage.py), so under the
 an int8 search may take more or bigger members, at a GAP cost below 1e-3 a member. Both
 searches rank every combination of 1..4 zoo members that fits, with equal weights, on the
 sweep's holdout files choices are made on (`jobs/ensemble.py --search B --precision P`
-without tuning); each table is printed, best first.
+without tuning); each table is printed, best first. The third, `auto`, offers every model at
+both precisions (int8 shown as A8) and takes one of each model at most.
 
 Last line: one JSON object with `budget_mib`, `fp16_best`, `fp16_gap`, `fp16_size_mib`,
 `int8_best`, `int8_gap`, `int8_size_mib`, `int8_minus_fp16` and the number of combinations
-each search could rank (`fp16_combinations`, `int8_combinations`).
+each search could rank (`fp16_combinations`, `int8_combinations`); the same for `auto_…`, and
+`auto_minus_fp16`.
 """
 from __future__ import annotations
 
@@ -43,7 +45,7 @@ def main(argv=None) -> int:
     figures = {"budget_mib": args.budget}
     try:
         choose, _, split = sweep_records.scoring_data(out)
-        for precision in ("fp16", "int8"):
+        for precision in ("fp16", "int8", "auto"):
             rows, _ = search(out / "zoo.json", choose, args.budget, progress=False, precision=precision)
             print(f"\n{precision} members, budget {args.budget:g} MiB, GAP on {split or 'the validate files'}:")
             print(format_table(rows, top=8))
@@ -54,6 +56,7 @@ def main(argv=None) -> int:
         print(f"error: {error} (run `make sweep` first, or pass --sweep DIR)", file=sys.stderr)
         return 2
     figures["int8_minus_fp16"] = round(figures["int8_gap"] - figures["fp16_gap"], 5)
+    figures["auto_minus_fp16"] = round(figures["auto_gap"] - figures["fp16_gap"], 5)
     print(json.dumps(figures))
     return 0
 
