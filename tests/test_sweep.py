@@ -184,6 +184,15 @@ def test_dry_run_prints_the_plan_and_exits(tmp_path):
     assert refused.stderr.splitlines()[-1].startswith("error: ")
 
 
+def test_a_student_named_like_a_model_of_the_grid_is_refused_before_anything_runs(capsys):
+    from raytrain8m.commands import sweep as sweep_command
+
+    assert sweep_command.main(["--grid", "K4-H16,K8-H16", "--classes", "20", "--dry-run", "--gpus", "T4",
+                               "--distill", "K2-H8,K8-H16"]) == 2
+    assert capsys.readouterr().err.strip() == ("error: --distill K8-H16: also in the grid; a student needs a "
+                                               "model name of its own in the zoo")
+
+
 # --- the sweep's driver killed, then resumed (its own local Ray in a subprocess) ----------
 
 def _session_processes(sid: int) -> dict[int, str]:
@@ -240,16 +249,18 @@ def test_sweep_driver_killed_then_resumed_finishes_only_the_unfinished_trials(sy
     """`jobs/sweep.py` SIGKILLed (its whole process group) after one of two trials finished and
     right after the other wrote its first checkpoint: `--status` shows one done; `--resume` runs
     only the other, from its newest checkpoint, overwriting none, in the same MLflow run; the
-    parent keeps one child run per model; resuming the finished sweep starts nothing.
+    parent keeps one child run per model; resuming the finished sweep starts nothing; the
+    resume's distill stage trains a student from the zoo's best ensemble, which joins the zoo.
     (Also the kill test of a single run: a trial's driver is `fit`, as `jobs/train.py`'s is.)"""
     import mlflow
 
     from raytrain8m.records.checkpoint import list_checkpoints, read_state
     from raytrain8m.select.zoo import load_zoo
     from raytrain8m.sweep.records import SWEEP_JSON, TRAIN_DIR, TRIAL_JSON, sweep_status
+    from raytrain8m.pipeline.stages import STUDENTS_DIR, TEACHER_DIR
     from raytrain8m.sweep.tune import TUNE_DIR, resume_sweep
 
-    models = ["K4-H16", "K4-H24"]
+    models, student = ["K4-H16", "K4-H24"], "K2-H8"
     # Many cheap steps after the first checkpoint: a window of a few seconds in which the test,
     # however starved of CPU, sees that checkpoint before the trial ends by itself.
     max_steps, every = 100, 20
@@ -311,16 +322,18 @@ def test_sweep_driver_killed_then_resumed_finishes_only_the_unfinished_trials(sy
             driver.wait(timeout=30)
         _kill_session(sid)
 
-    # 3. Resume: only the unfinished trial runs; then the zoo of both.
+    # 3. Resume: only the unfinished trial runs; then the zoo of both, and the distill stage: a
+    # student trained from the zoo's best ensemble, in its own sweep, joins the zoo.
     resumed_at = time.monotonic()
     log_path = tmp_path / "resume.log"
     with log_path.open("w") as log:
-        resume = subprocess.Popen([sys.executable, "jobs/sweep.py", "--out", str(out), "--resume"], cwd=REPO,
+        resume = subprocess.Popen([sys.executable, "jobs/sweep.py", "--out", str(out), "--resume",
+                                   "--distill", student, "--distill-lambda", "0.5"], cwd=REPO,
                                   env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        resume.wait(timeout=240)
+        resume.wait(timeout=420)
     except subprocess.TimeoutExpired:
-        pytest.fail(f"--resume still running after 240 s:\n"
+        pytest.fail(f"--resume still running after 420 s:\n"
                     f"{log_path.read_text()[-3000:]}")
     finally:
         if resume.poll() is None:
@@ -354,7 +367,12 @@ def test_sweep_driver_killed_then_resumed_finishes_only_the_unfinished_trials(sy
     assert all(re.search(rf"{model} .* {max_steps}/{max_steps} +done +0\.\d{{4}}", shown.stdout) for model in models)
     assert all((out / TRAIN_DIR / model / TRIAL_JSON).is_file() for model in models)
     zoo = load_zoo(out / "zoo.json")
-    assert sorted(model.name for model in [*zoo.models, *zoo.eliminated]) == models
+    assert sorted(model.name for model in [*zoo.models, *zoo.eliminated]) == sorted([*models, student])
+    teacher = json.loads((out / TEACHER_DIR / "ensemble.json").read_text())
+    assert {member["name"] for member in teacher["members"]} <= set(models)
+    student_config = read_state(list_checkpoints(out / STUDENTS_DIR / TRAIN_DIR / student)[-1])["train_config"]
+    assert student_config["teacher"] == str(out / TEACHER_DIR) and student_config["distill_lambda"] == 0.5
+    assert student_config["train_data"] == json.loads((out / SWEEP_JSON).read_text())["train"]["train_data"]
 
     # MLflow: one child run per model under the sweep's parent. The killed trial's run, when
     # its `fit` had started, is in its run dir's mlflow.json and the resumed `fit` goes on in it.

@@ -40,8 +40,9 @@ import sys
 from typing import Sequence
 
 from raytrain8m.runtime.cli import LOG_NAMED, Parser, add_skip_corrupt, add_verbose_flag, console
-from raytrain8m.runtime.errors import Raytrain8mError, fail
-from raytrain8m.train.config import MIXED_PRECISIONS
+from raytrain8m.runtime.errors import ConfigError, Raytrain8mError, fail
+from raytrain8m.models.config import DEFAULT_BUDGET_MIB
+from raytrain8m.train.config import MIXED_PRECISIONS, TrainConfig
 
 SMOKE = {"grid": "K4-H16,K8-H16", "classes": 20, "max_steps": 20, "checkpoint_every": 5,
          "batch_sizes": "16,8"}  # --smoke: flags of this parser, for those not given
@@ -87,6 +88,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     run.add_argument("--gpus", default="", help="plan for these GPU types instead of the cluster's "
                                                 "(e.g. 1080Ti=2,1060,T4,L4); with --dry-run")
     run.add_argument("--zoo-interval", type=int, default=1, help="score every N-th checkpoint for the zoo")
+    distill = parser.add_argument_group("distill stage (after the zoo)")
+    distill.add_argument("--distill", metavar="STUDENTS", default="",
+                         help="models (grid names, not in the sweep) to train from the zoo's best ensemble under "
+                              "--teacher-budget, in OUT/students; they join the zoo")
+    distill.add_argument("--teacher-budget", type=float, default=DEFAULT_BUDGET_MIB,
+                         help="MiB: the teacher ensemble's size budget (default: %(default)g)")
+    distill.add_argument("--distill-lambda", type=float, default=TrainConfig().distill_lambda,
+                         help="students' targets: λ · teacher + (1 − λ) · labels (default: %(default)g)")
     run.add_argument("--smoke", action="store_true",
                      help=f"tiny settings for anything not given: {json.dumps({**SMOKE, **SMOKE_TRAIN})}")
     add_verbose_flag(parser)
@@ -101,7 +110,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     console(args.verbose, log_format=LOG_NAMED)
-    from raytrain8m.pipeline.stages import zoo_of_sweep
+    from raytrain8m.pipeline.stages import distill_stage, zoo_of_sweep
     from raytrain8m.sweep import placement
     from raytrain8m.sweep import records as sweep_records
     from raytrain8m.sweep import tune as sweep
@@ -121,6 +130,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 mixed_precision=args.mixed_precision, **(SMOKE_TRAIN if args.smoke else {}))
             if args.batch_sizes:
                 spec = spec.replace(batch_sizes=tuple(placement.parse_ints(args.batch_sizes, "batch sizes")))
+            students = {model.name for model in placement.parse_grid(args.distill)} if args.distill else set()
+            if students & {model.name for model in spec.models}:  # before training anything
+                raise ConfigError(f"--distill {', '.join(sorted(students & {m.name for m in spec.models}))}: "
+                                  "also in the grid; a student needs a model name of its own in the zoo")
             if args.dry_run:
                 inventory = placement.parse_inventory(args.gpus) if args.gpus else None
                 print(placement.plan_table(sweep.plan_sweep(spec, inventory)))
@@ -130,6 +143,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         for trial in failed:
             print(f"error: trial {trial.model} failed: {trial.error.splitlines()[0]}", file=sys.stderr)
         zoo = zoo_of_sweep(result, interval=args.zoo_interval)  # the trials that completed
+        if args.distill:
+            taught, zoo = distill_stage(result, zoo, args.distill, args.teacher_budget, args.distill_lambda,
+                                        args.max_concurrent, args.max_failures)
+            for trial in taught.trials:
+                if trial.error:
+                    failed.append(trial)
+                    print(f"error: student {trial.model} failed: {trial.error.splitlines()[0]}", file=sys.stderr)
     except Raytrain8mError as error:
         return fail(error)
     print(zoo.table())
