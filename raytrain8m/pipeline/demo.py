@@ -1,5 +1,6 @@
 """The whole pipeline on the embedded default: synthesise → sweep → zoo (averaged
-checkpoints) → fp16 → ensemble searched under a budget → export → infer → report.
+checkpoints) → [distilled students join the zoo] → fp16 → ensemble searched under a budget
+(members at fp16, or each at fp16 or int8) → export → infer → report.
 
 Local Ray, synthetic data in the official format, MLflow in `runs/mlflow.db`. Data is
 kept between runs (same scale, same bytes) and reused; the runs are made anew.
@@ -37,20 +38,26 @@ class DemoScale:
     shards: int = 4
     learning_rate: float = 1e-3
     decay_examples: int = 4000  # the paper decays ×0.8 every 4M examples; scaled to the demo's run
+    precision: str = "fp16"     # the ensemble search's members: fp16 (the paper), int8, or auto (each its best)
+    students: tuple[str, ...] = ()  # distilled from the zoo's best ensemble under the budget; they join the zoo
+    distill_lambda: float = 1.0
 
 
 SCALES: dict[str, DemoScale] = {
     # CI and the test suite: seconds per model
     "tiny": DemoScale(videos=240, classes=20, max_frames=12, grid=("K4-H16", "K4-H32"),  # one round of 2 trials
-                      max_steps=24, checkpoint_every=6, batch_size=8, shards=2, learning_rate=3e-3),
+                      max_steps=24, checkpoint_every=6, batch_size=8, shards=2, learning_rate=3e-3,
+                      precision="auto"),
     # `make demo`: a few minutes on 2 CPU cores
     "default": DemoScale(videos=1600, classes=40, max_frames=30,
                          grid=("K8-H32", "K8-H64", "K16-H32", "K16-H64"),
                          max_steps=600, checkpoint_every=60, batch_size=32),
-    # `make demo DEMO_SCALE=large`: a bigger grid, tens of minutes on CPU, quick on a GPU node
+    # `make demo DEMO_SCALE=large`: a bigger grid, tens of minutes on CPU, quick on a GPU node;
+    # beyond the paper: a student distilled from the zoo's best ensemble, members at fp16 or int8
     "large": DemoScale(videos=8000, classes=200, max_frames=100,
                        grid=("K8-H128", "K16-H128", "K16-H256", "K32-H128", "K32-H256", "K64-H256"),
-                       max_steps=3000, checkpoint_every=300, batch_size=64, decay_examples=40000),
+                       max_steps=3000, checkpoint_every=300, batch_size=64, decay_examples=40000,
+                       precision="auto", students=("K16-H64",), distill_lambda=0.5),
 }
 
 DEMO_EXPERIMENT = "raytrain8m-demo"
@@ -137,7 +144,7 @@ def _run(demo: DemoScale, scale_name: str, data_root: str | Path, out: Path, max
     from raytrain8m.compose.infer import infer
     from raytrain8m.pipeline.report import write_report
     from raytrain8m.runtime import localray
-    from raytrain8m.pipeline.stages import zoo_of_sweep
+    from raytrain8m.pipeline.stages import TEACHER_DIR, distill_stage, zoo_of_sweep
     from raytrain8m.sweep import tune as sweep
     from raytrain8m.sweep.records import scoring_data
     from raytrain8m.train.config import TrainConfig
@@ -178,15 +185,31 @@ def _run(demo: DemoScale, scale_name: str, data_root: str | Path, out: Path, max
     # the sweep's holdout: choices on one half of it (compression, the ensemble), reported GAPs on the other
     choose, report, _ = scoring_data(out / "sweep")
     mark = lap("zoo (evaluate + average checkpoints)", mark)
+    # the paper's budget ratio to the largest model the sweep trained (students are smaller)
+    budget = round(BUDGET_RATIO * max(entry.fp16_mib for entry in zoo.models), 2)
+
+    distill = None
+    if demo.students:
+        taught, zoo = distill_stage(result, zoo, demo.students, budget, demo.distill_lambda,
+                                    max_concurrent, max_failures=1)
+        teacher = json.loads((out / "sweep" / TEACHER_DIR / "ensemble.json").read_text())
+        entries = {entry.name: entry for entry in [*zoo.models, *zoo.eliminated]}
+        distill = {"teacher": "".join(m.get("letter") or "?" for m in teacher["members"]),
+                   "teacher_gap": teacher["validate_gap"], "distill_lambda": demo.distill_lambda,
+                   "students": [{"model": trial.model, "error": trial.error,
+                                 "gap": entries[trial.model].gap if trial.model in entries else None,
+                                 "letter": getattr(entries.get(trial.model), "letter", None)}
+                                for trial in taught.trials]}
+        mark = lap("distill (teacher export + students)", mark)
 
     compression = [compress_checkpoint(entry.checkpoint, out / "fp16" / entry.name,
                                        validate_data=choose, progress=False).to_dict()
                    for entry in zoo.models]
     mark = lap("fp16", mark)
 
-    budget = round(BUDGET_RATIO * max(entry.fp16_mib for entry in zoo.models), 2)
     ensemble = make_ensemble(None, out / "ensemble", tune=True, search_budget_mib=budget,
-                             zoo_path=zoo.path, validate_data=choose, report_data=report, progress=False)
+                             zoo_path=zoo.path, validate_data=choose, report_data=report, progress=False,
+                             precision=demo.precision)
     mark = lap("ensemble (search + export)", mark)
 
     submission = infer(out / "ensemble", test_glob, out / "submission.csv", progress=False)
@@ -196,6 +219,7 @@ def _run(demo: DemoScale, scale_name: str, data_root: str | Path, out: Path, max
         "scale": scale_name, "data": str(data_dir), "data_reused": data["reused"],
         "zoo_path": str(zoo.path), "zoo_table": zoo.table(), "budget_mib": budget,
         "compression": compression, "ensemble": ensemble.to_dict(), "search_table": ensemble.table,
+        "precision": demo.precision, "distill": distill,
         "submission": submission.to_dict(), "sweep_parent_run_id": result.parent_run_id,
         "trials": [dataclasses.asdict(trial) for trial in result.trials], "timings_s": timings,
     }

@@ -94,6 +94,30 @@ def _report_gap(ensemble: dict) -> str:
     return f", **{gap:.4f}** on the other held-out files (no choice was made on them)" if gap is not None else ""
 
 
+def _precision_words(precision: str) -> str:
+    return {"auto": "fp16 or int8, each the one that ranks best (int8 shown as A8)",
+            "int8": "int8 (uint8 codes dequantized in the graph)"}.get(precision, "fp16 (the paper's)")
+
+
+def _distill_section(distill: dict[str, Any] | None) -> str:
+    """Beyond the paper: the students the zoo's best ensemble taught, and their GAPs in the zoo."""
+    if not distill:
+        return ""
+    rows = "\n".join(f"| {s['model']} | {s['letter'] or '(eliminated)' if not s['error'] else 'failed'} | "
+                      f"{'' if s['gap'] is None else format(s['gap'], '.4f')} |" for s in distill["students"])
+    return f"""
+## Distillation (beyond the paper)
+
+Teacher: {distill['teacher']} (the zoo's best ensemble under the budget, GAP {distill['teacher_gap']:.4f}).
+Students' targets: {distill['distill_lambda']:g} · teacher + {1 - distill['distill_lambda']:g} · labels; they
+joined the zoo above, so the search ranked them as members.
+
+| student | zoo letter | GAP (holdout, choose half) |
+| --- | --- | ---: |
+{rows}
+"""
+
+
 def write_report(summary: dict[str, Any], zoo: Zoo, out: Path) -> Path:
     """Write `out/report.md` (+ PNGs beside it) and log them to the sweep's MLflow parent run."""
     from raytrain8m.records import tracking
@@ -105,7 +129,8 @@ def write_report(summary: dict[str, Any], zoo: Zoo, out: Path) -> Path:
     if figures["pareto"]:
         figures["pareto"] = Path(shutil.copyfile(figures["pareto"], out / "pareto.png"))
     ensemble = summary["ensemble"]
-    members = ", ".join(f"{m.get('letter') or ''} {m['name']} ({w:.2f})".strip()
+    members = ", ".join(f"{m.get('letter') or ''}{'8' if m.get('precision') == 'int8' else ''} {m['name']} "
+                        f"({w:.2f})".strip()
                         for m, w in zip(ensemble["members"], ensemble["weights"]))
     timings = "\n".join(f"| {stage} | {seconds:.0f} |" for stage, seconds in summary["timings_s"].items())
     text = f"""# raytrain8m demo report (scale `{summary['scale']}`)
@@ -130,14 +155,15 @@ MLflow: sweep parent run `{summary['sweep_parent_run_id']}` (`make mlflow-ui`).
 ## Ensemble (budget {summary['budget_mib']:.2f} MiB, the paper's 1024 MiB scaled to these models)
 
 Members (weights): {members}. Size {ensemble['size_mib']:.3f} MiB, GAP {ensemble['validate_gap']:.4f} on the
-held-out files the choices were made on{_report_gap(ensemble)}.
+held-out files the choices were made on{_report_gap(ensemble)}. Members searched at
+{_precision_words(summary.get('precision', 'fp16'))}.
 
 ```
 {summary['search_table'] or ''}
 ```
 
 ![Members vs ensemble](members_vs_ensemble.png)
-
+{_distill_section(summary.get('distill'))}
 ## Test-set predictions
 
 `{summary['submission']['out']}`: {summary['submission']['videos']} videos (Kaggle format).
