@@ -8,8 +8,8 @@ from typing import Sequence
 from raytrain8m.runtime.errors import ConfigError, Raytrain8mError
 from raytrain8m.select.zoo import Zoo, build_zoo
 from raytrain8m.sweep.placement import parse_grid
-from raytrain8m.sweep.records import read_sweep, scoring_data
-from raytrain8m.sweep.tune import SweepResult, SweepSpec, run_sweep
+from raytrain8m.sweep.records import SWEEP_JSON, read_sweep, scoring_data
+from raytrain8m.sweep.tune import SweepResult, SweepSpec, resume_sweep, run_sweep
 from raytrain8m.train.config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -51,6 +51,15 @@ def distill_stage(result: SweepResult, zoo: Zoo, students: str | Sequence[str], 
     if taken:
         raise ConfigError(f"--distill {', '.join(sorted(taken))}: the sweep trained these on labels already; "
                           "a student needs a model name of its own in the zoo")
+    students_out = result.out / STUDENTS_DIR
+    if (students_out / SWEEP_JSON).is_file():  # the stage ran before (a resumed sweep): finish it
+        planned = sorted(placement["model"] for placement in read_sweep(students_out)["placements"])
+        if planned != sorted(model.name for model in models):
+            raise ConfigError(f"{students_out} holds the students {', '.join(planned)}; resume with the same "
+                              "--distill or choose another --out")
+        log.info("distill: finishing the students' sweep in %s (teacher as it was)", students_out)
+        taught = resume_sweep(students_out)
+        return taught, zoo_of_sweep(result, also=[taught])
     teacher = make_ensemble(None, result.out / TEACHER_DIR, search_budget_mib=teacher_budget_mib,
                             zoo_path=zoo.path, progress=progress, track=False)
     label = "".join(member.letter or "?" for member in teacher.members)
@@ -58,6 +67,6 @@ def distill_stage(result: SweepResult, zoo: Zoo, students: str | Sequence[str], 
              teacher.validate_gap or float("nan"), students if isinstance(students, str) else ",".join(students))
     spec = SweepSpec(models, train.replace(teacher=str(result.out / TEACHER_DIR), distill_lambda=distill_lambda),
                      saved["sweep"].get("workers_per_trial", 1))
-    taught = run_sweep(spec, result.out / STUDENTS_DIR, max_concurrent, max_failures,
+    taught = run_sweep(spec, students_out, max_concurrent, max_failures,
                        name=f"{result.out.name}-students")
     return taught, zoo_of_sweep(result, also=[taught])
