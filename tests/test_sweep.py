@@ -257,7 +257,7 @@ def test_sweep_driver_killed_then_resumed_finishes_only_the_unfinished_trials(sy
     from raytrain8m.records.checkpoint import list_checkpoints, read_state
     from raytrain8m.select.zoo import load_zoo
     from raytrain8m.sweep.records import SWEEP_JSON, TRAIN_DIR, TRIAL_JSON, sweep_status
-    from raytrain8m.pipeline.stages import STUDENTS_DIR, TEACHER_DIR
+    from raytrain8m.pipeline.stages import STUDENTS_DIR, TEACHER_DIR, distill_stage
     from raytrain8m.sweep.tune import TUNE_DIR, resume_sweep
 
     models, student = ["K4-H16", "K4-H24"], "K2-H8"
@@ -373,6 +373,8 @@ def test_sweep_driver_killed_then_resumed_finishes_only_the_unfinished_trials(sy
     student_config = read_state(list_checkpoints(out / STUDENTS_DIR / TRAIN_DIR / student)[-1])["train_config"]
     assert student_config["teacher"] == str(out / TEACHER_DIR) and student_config["distill_lambda"] == 0.5
     assert student_config["train_data"] == json.loads((out / SWEEP_JSON).read_text())["train"]["train_data"]
+    with pytest.raises(ConfigError, match=f"holds the students {student}; resume with the same --distill"):
+        distill_stage(again, zoo, "K2-H12", 1024)  # the stage ran: only the same students may finish it
 
     # MLflow: one child run per model under the sweep's parent. The killed trial's run, when
     # its `fit` had started, is in its run dir's mlflow.json and the resumed `fit` goes on in it.
