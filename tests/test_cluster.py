@@ -141,7 +141,10 @@ def _wait_for(what: str, check, timeout_s: float, processes=()):
 def _env() -> dict:
     env = dict(os.environ, PATH=f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
                RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=RAY_TOKEN,
-               RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="0")  # teardown: no 30 s drain per node
+               RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="0",  # teardown: no 30 s drain per node
+               # Ray gives its dashboard 60 s to come up, which a 2-core machine under load (load
+               # average 10: a demo beside the suite) once missed; the head then exits with 1.
+               RAY_DASHBOARD_STARTUP_TIMEOUT_S="240")
     env.pop("RAY_ADDRESS", None)
     env.pop("MLFLOW_TRACKING_URI", None)
     return env
@@ -195,13 +198,13 @@ def ray_cluster():
             processes.append(subprocess.Popen(command, env=_env(), stdout=log, stderr=subprocess.STDOUT,
                                               cwd=root, start_new_session=True))
             if command is head:
-                _wait_for("ray head", lambda: _get_json(f"{dashboard_url}/api/version"), 120, processes)
+                _wait_for("ray head", lambda: _get_json(f"{dashboard_url}/api/version"), 300, processes)
 
         def two_nodes_alive():
             nodes = _get_json(f"{dashboard_url}/api/v0/nodes")["data"]["result"]["result"]
             return sum(node["state"] == "ALIVE" for node in nodes) == 2
 
-        _wait_for("second ray node", two_nodes_alive, 120, processes)
+        _wait_for("second ray node", two_nodes_alive, 300, processes)
         yield RayCluster(dashboard_url, processes)
     except BaseException:
         for log in sorted(root.glob("*.log")):
