@@ -1,8 +1,8 @@
 """What distillation buys: a student trained on a teacher ensemble's predictions vs on labels alone.
 
     python bench/bench_distill.py                    # clean labels: distillation loses (~1 min, 2 CPUs)
-    python bench/bench_distill.py --setting noisy    # 30% of train labels wrong, 1000 student steps:
-                                                     # distillation wins (~2-3 min, 2 CPUs)
+    python bench/bench_distill.py --setting noisy    # train labels noisy (0.3), 1000 student steps:
+                                                     # distillation wins (3-6 min on 2 shared CPUs)
     python bench/bench_distill.py --setting noisy --seed 1     # another data set, teacher and students
 
 Synthetic data (420 train, 720 validate videos, 20 classes; `--seed` picks the data, and the
