@@ -1,6 +1,7 @@
 """raytrain8m.data: format round trips, TensorFlow interop, generator, loud bad inputs, Ray reads."""
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -109,6 +110,42 @@ def test_generator_is_deterministic_for_a_seed(tmp_path):
     assert len(first) == 6
     assert first == shard_bytes(tmp_path / "b", 7)
     assert first != shard_bytes(tmp_path / "c", 8)
+
+
+def test_label_noise_changes_only_train_labels_deterministically_and_zero_changes_nothing(tmp_path, capsys):
+    from raytrain8m.commands import synth
+
+    def generated(out, **noise):
+        generate(str(out), videos=60, classes=10, max_frames=4, shards=1, seed=5, progress=False, **noise)
+        return {p.name: p.read_bytes() for p in sorted(out.glob("*.tfrecord"))}
+
+    def videos(out, split):
+        return [(i, sorted(labels), rgb, audio) for batch in iter_batches(str(out / f"{split}*.tfrecord"), 64)
+                for i, labels, rgb, audio in zip(batch["id"], batch["labels"], batch["rgb"], batch["audio"])]
+
+    clean = generated(tmp_path / "clean")
+    assert generated(tmp_path / "zero", label_noise=0.0) == clean
+    # the train shard the generator wrote before label_noise existed (commit 90fab85)
+    assert hashlib.sha256(clean["train0000.tfrecord"]).hexdigest() == \
+        "076c5eba5c4428382aa022709124fdd18e83d0e02e23b5597c9a0619458586d1"
+    noisy = generated(tmp_path / "noisy", label_noise=0.5)
+    assert noisy == generated(tmp_path / "again", label_noise=0.5)  # same seed, same noise
+    assert synth.main(["--out", str(tmp_path / "cli"), "--videos", "60", "--classes", "10", "--max-frames", "4",
+                       "--shards", "1", "--seed", "5", "--label-noise", "0.5"]) == 0
+    assert {p.name: p.read_bytes() for p in sorted((tmp_path / "cli").glob("*.tfrecord"))} == noisy
+    assert noisy["validate0000.tfrecord"] == clean["validate0000.tfrecord"]
+    assert noisy["test0000.tfrecord"] == clean["test0000.tfrecord"]
+    changed = 0
+    for (i, labels, rgb, audio), (j, true, rgb0, audio0) in zip(videos(tmp_path / "noisy", "train"),
+                                                                   videos(tmp_path / "clean", "train")):
+        assert i == j and rgb == rgb0 and audio == audio0 and labels  # same frames, never unlabelled
+        changed += labels != true
+    assert changed >= 10  # about half the labels moved
+    summary = json.loads((tmp_path / "noisy" / "synthetic.json").read_text())
+    assert summary["label_noise"] == 0.5
+    assert "label_noise" not in json.loads((tmp_path / "zero" / "synthetic.json").read_text())
+    with pytest.raises(Exception, match="label_noise"):
+        generate(str(tmp_path / "bad"), videos=10, classes=4, max_frames=2, shards=1, seed=0, label_noise=1.5)
 
 
 def test_records_written_by_tensorflow_read_identically_and_ours_read_by_tensorflow(tmp_path):

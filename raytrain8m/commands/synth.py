@@ -38,6 +38,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--topic-offset", type=float, default=defaults["topic_offset"].default,
                         help="how much of a topic survives mean pooling (0: only frame clusters "
                              "carry it, as NetVLAD sees; larger: mean pooling catches up)")
+    parser.add_argument("--label-noise", type=float, default=defaults["label_noise"].default,
+                        help="share of TRAIN labels replaced by a uniformly drawn class (validate and "
+                             "test stay clean; 0: the same bytes as without the option)")
     parser.add_argument("--smoke", action="store_true",
                         help="a tiny set: 120 videos, 20 classes, 12 frames, 2 shards")
     add_verbose_flag(parser)
@@ -49,7 +52,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         summary = generate(args.out, args.videos, args.classes, args.max_frames, args.shards,
                            args.seed, video_level=args.video_level,
                            validate_fraction=args.validate_fraction,
-                           test_fraction=args.test_fraction, topic_offset=args.topic_offset)
+                           test_fraction=args.test_fraction, topic_offset=args.topic_offset,
+                           label_noise=args.label_noise)
     except Raytrain8mError as error:
         return fail(error)
     summary.pop("label_frequency")

@@ -83,6 +83,15 @@ def _chunk(world: World, count: int, max_frames: int, noise: float,
     return [(_labels(world, list(p), rng), q) for p, q in zip(pairs, quantized)]
 
 
+def _noisy_labels(labels: list[int], classes: int, label_noise: float,
+                  rng: np.random.Generator) -> list[int]:
+    """Each label, with probability `label_noise`, replaced by a class drawn uniformly (it may
+    be the same class, or one the video already has); never empty."""
+    flip = rng.random(len(labels)) < label_noise
+    drawn = rng.integers(0, classes, size=len(labels))
+    return sorted(set(np.where(flip, drawn, labels).tolist()))
+
+
 def _encode(video_id: str, labels: list[int], frames: np.ndarray, video_level: bool) -> bytes:
     rgb, audio = frames[:, :RGB_SIZE], frames[:, RGB_SIZE:]
     if video_level:
@@ -94,17 +103,25 @@ def _encode(video_id: str, labels: list[int], frames: np.ndarray, video_level: b
 def generate(out: str, videos: int, classes: int, max_frames: int, shards: int, seed: int,
              video_level: bool = False, validate_fraction: float = 0.2,
              test_fraction: float = 0.1, noise: float = 0.45, topic_offset: float = TOPIC_OFFSET,
-             progress: bool = True) -> dict:
+             label_noise: float = 0.0, progress: bool = True) -> dict:
     """Write train/validate/test .tfrecord shards under `out` (test without labels); return
-    a summary (also written to out/synthetic.json). Same arguments, same bytes."""
+    a summary (also written to out/synthetic.json). Same arguments, same bytes.
+
+    `label_noise` > 0 corrupts the train split's labels only: each label is, with that
+    probability, replaced by a uniformly drawn class. The draws come from their own generator
+    (seeded by `seed`), so frames, validate and test are the bytes of `label_noise=0`, which
+    writes exactly what the generator wrote before the option existed."""
     if videos < 1 or classes < 2 or max_frames < 1 or shards < 1:
         raise ConfigError("need videos >= 1, classes >= 2, max_frames >= 1, shards >= 1")
+    if not 0 <= label_noise <= 1:
+        raise ConfigError("label_noise must be between 0 and 1")
     if not (0 <= validate_fraction and 0 <= test_fraction and validate_fraction + test_fraction < 1):
         raise ConfigError("validate_fraction and test_fraction must be >= 0 and sum below 1")
     start = time.perf_counter()
     filesystem, root = resolve(out)
     filesystem.create_dir(root, recursive=True)
     rng = np.random.default_rng(seed)
+    label_rng = np.random.default_rng([seed, 1]) if label_noise else None
     world = make_world(classes, rng, topic_offset)
     counts = {"validate": int(round(videos * validate_fraction)),
               "test": int(round(videos * test_fraction))}
@@ -114,6 +131,8 @@ def generate(out: str, videos: int, classes: int, max_frames: int, shards: int, 
     summary: dict = {"out": out, "videos": videos, "classes": classes, "max_frames": max_frames,
                      "seed": seed, "noise": noise, "topic_offset": topic_offset,
                      "level": "video" if video_level else "frame", "splits": {}}
+    if label_noise:  # only then: label_noise=0 keeps synthetic.json's bytes too
+        summary["label_noise"] = label_noise
     bar = tqdm(total=videos, desc="synth", unit="video", disable=not progress)
     for split, count in counts.items():
         files = []
@@ -125,6 +144,8 @@ def generate(out: str, videos: int, classes: int, max_frames: int, shards: int, 
                 for labels, frames in _chunk(world, size, max_frames, noise, rng):
                     if split == "test":
                         labels = []
+                    elif split == "train" and label_rng is not None:
+                        labels = _noisy_labels(labels, classes, label_noise, label_rng)
                     else:
                         labelled += 1
                         total_labels += len(labels)
