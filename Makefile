@@ -63,8 +63,8 @@ mlflow-ui: install
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(abspath $(RUNS_DIR))/mlflow.db --host 127.0.0.1 --port 5000
 
 # --- the whole pipeline on the embedded default (jobs/demo.py) ---
-# make demo [DEMO_SCALE=tiny|default|large]: data reused between runs, runs/demo made anew
+# make demo [DEMO_SCALE=tiny|default|large] [BEYOND=1]: data reused between runs, runs/demo made anew
 DEMO_SCALE ?= default
 
 demo: install
-	$(PY) jobs/demo.py --scale $(DEMO_SCALE)
+	$(PY) jobs/demo.py --scale $(DEMO_SCALE) $(if $(BEYOND),--beyond)

@@ -10,9 +10,18 @@ from pathlib import Path
 
 import pytest
 
-from raytrain8m.pipeline.demo import SCALES, DemoScale, synthesise
+from raytrain8m.pipeline.demo import SCALES, DemoScale, scale, synthesise
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def test_beyond_adds_the_int8_aware_search_and_a_student_the_grid_does_not_train():
+    for name in SCALES:
+        beyond = scale(name, beyond=True)
+        assert beyond.precision == "auto" and beyond.students
+        assert not set(beyond.students) & set(beyond.grid)  # the distill stage refuses a grid name
+        assert beyond.grid == SCALES[name].grid and beyond.max_steps == SCALES[name].max_steps
+    assert scale("default").students == () and scale("default").precision == "fp16"  # the paper's demo
 
 
 def test_synthesise_reuses_data_of_the_same_scale_and_remakes_another(tmp_path, caplog):
