@@ -250,7 +250,7 @@ class HoldoutScorer:
     def __init__(self, config: TrainConfig):
         from raytrain8m.records.holdout import SPLIT_JSON, data_key, load_split
 
-        split = load_split(Path(config.out) / config.run_name / SPLIT_JSON)
+        split = load_split(config.run_dir / SPLIT_JSON)
         self.files = list(split.choose) if split is not None else None
         self.key = data_key(self.files) if self.files else None
 
@@ -296,7 +296,7 @@ def _wait_until_registered(config: TrainConfig, step: int, timeout_s: float = 12
     latest = step // config.checkpoint_every * config.checkpoint_every
     if not latest:
         return
-    snapshot_file = Path(config.out) / config.run_name / compat.CHECKPOINT_SNAPSHOT
+    snapshot_file = config.run_dir / compat.CHECKPOINT_SNAPSHOT
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if snapshot_file.is_file() and f"checkpoint_{latest:08d}" in snapshot_file.read_text():
@@ -311,16 +311,25 @@ def planned_crashes(config: TrainConfig, rank: int) -> set[int]:
     worker start; a run directory without such files costs nothing."""
     if rank != min(1, config.num_workers - 1):
         return set()
-    run_dir = Path(config.out) / config.run_name
+    run_dir = config.run_dir
     planned = {int(path.name.rsplit("-", 1)[1]) for path in run_dir.glob(CRASH_PLAN.format(step="*"))}
     return {step for step in planned if not (run_dir / CRASH_MARKER.format(step=step)).exists()}
 
 
 def _crash(config: TrainConfig, rank: int, step: int) -> None:
     _wait_until_registered(config, step)
-    (Path(config.out) / config.run_name / CRASH_MARKER.format(step=step)).touch()
+    (config.run_dir / CRASH_MARKER.format(step=step)).touch()
     log.warning("planned crash: killing worker %d at step %d", rank, step)
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+def checkpoint_state(config: TrainConfig, step: int, examples: int, resumed_from: int, optimizer,
+                     metrics: dict, scores: dict | None = None) -> dict:
+    """What a checkpoint's `state.json` records besides the tensors (the worker loop and
+    `train_locally` write the same)."""
+    return {"step": step, "examples": examples, "resumed_from": resumed_from,
+            "optimizer_iterations": int(optimizer.iterations.numpy()), "metrics": metrics,
+            "train_config": config.to_dict(), **({SCORES_KEY: scores} if scores else {})}
 
 
 def _report(metrics: dict, rank: int, step: int, config: TrainConfig, tensors: dict | None,
@@ -332,7 +341,7 @@ def _report(metrics: dict, rank: int, step: int, config: TrainConfig, tensors: d
         ray.train.report(metrics)
         return
     name = f"checkpoint_{step:08d}"
-    target = Path(config.out) / config.run_name / name
+    target = config.run_dir / name
     if is_checkpoint(target):  # resuming from the newest complete checkpoint never gets here
         raise TrainingError(f"{target} already holds a complete checkpoint; refusing to overwrite it")
     if target.exists():  # a copy cut short (the process died while Ray copied it): not a checkpoint
@@ -346,7 +355,7 @@ def _report(metrics: dict, rank: int, step: int, config: TrainConfig, tensors: d
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     if logger is not None:
-        logger.log_checkpoint(Path(config.out) / config.run_name / name, step)
+        logger.log_checkpoint(config.run_dir / name, step)
 
 
 def resume_point(config: TrainConfig) -> str | None:
@@ -355,7 +364,7 @@ def resume_point(config: TrainConfig) -> str | None:
     (None here) only if it is newer, e.g. with storage elsewhere."""
     import ray.train
 
-    run_dir = Path(config.out) / config.run_name
+    run_dir = config.run_dir
     on_disk = list_checkpoints(run_dir) if run_dir.is_dir() else []
     newest = on_disk[-1] if on_disk else None
     checkpoint = ray.train.get_checkpoint()
@@ -377,7 +386,7 @@ def train_loop_per_worker(config: dict, reading: Iterator[tuple] | None = None) 
         own = own_error(error)
         if own is not None:
             import ray.train
-            write_error_record(Path(config.out) / config.run_name, own, ray.train.get_context().get_world_rank())
+            write_error_record(config.run_dir, own, ray.train.get_context().get_world_rank())
         raise
 
 
@@ -479,9 +488,7 @@ def _train(config: TrainConfig, reading: Iterator[tuple] | None = None) -> None:
         if do_checkpoint or do_eval:
             # Only here: a Ray Train V2 report waits until the controller polls (every 2 s), so
             # reporting every log step would throttle fast steps to one window per poll.
-            state = {"step": step, "examples": step * global_batch, "resumed_from": resumed_from,
-                     "optimizer_iterations": int(optimizer.iterations.numpy()), "metrics": metrics,
-                     "train_config": config.to_dict(), **({SCORES_KEY: scores} if scores else {})}
+            state = checkpoint_state(config, step, step * global_batch, resumed_from, optimizer, metrics, scores)
             _report(metrics, rank, step, config, tensors if do_checkpoint else None, state, logger)
         window_start, window_losses = time.perf_counter(), []
 
@@ -520,9 +527,7 @@ def train_locally(config: TrainConfig) -> tuple[Any, list[float]]:
             produced += 1
             step = len(losses)
             if run_dir is not None and (step % config.checkpoint_every == 0 or step == config.max_steps):
-                state = {"step": step, "examples": step * config.batch_size, "resumed_from": 0,
-                         "optimizer_iterations": int(optimizer.iterations.numpy()),
-                         "metrics": {"loss": losses[-1]}, "train_config": config.to_dict()}
+                state = checkpoint_state(config, step, step * config.batch_size, 0, optimizer, {"loss": losses[-1]})
                 save_checkpoint(run_dir / f"checkpoint_{step:08d}", config.model, snapshot(model, optimizer, ema),
                                 step, state)
         if not produced:
