@@ -39,9 +39,9 @@ import json
 import sys
 from typing import Sequence
 
-from raytrain8m.runtime.cli import LOG_NAMED, Parser, add_skip_corrupt, add_verbose_flag, console
-from raytrain8m.runtime.errors import ConfigError, Raytrain8mError, fail
 from raytrain8m.models.config import DEFAULT_BUDGET_MIB
+from raytrain8m.runtime.cli import LOG_NAMED, Parser, add_skip_corrupt, add_verbose_flag, console
+from raytrain8m.runtime.errors import Raytrain8mError, fail
 from raytrain8m.train.config import MIXED_PRECISIONS, TrainConfig
 
 SMOKE = {"grid": "K4-H16,K8-H16", "classes": 20, "max_steps": 20, "checkpoint_every": 5,
@@ -110,7 +110,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     console(args.verbose, log_format=LOG_NAMED)
-    from raytrain8m.pipeline.stages import distill_stage, zoo_of_sweep
+    from raytrain8m.pipeline.stages import check_students, distill_stage, zoo_of_sweep
     from raytrain8m.sweep import placement
     from raytrain8m.sweep import records as sweep_records
     from raytrain8m.sweep import tune as sweep
@@ -130,10 +130,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 mixed_precision=args.mixed_precision, **(SMOKE_TRAIN if args.smoke else {}))
             if args.batch_sizes:
                 spec = spec.replace(batch_sizes=tuple(placement.parse_ints(args.batch_sizes, "batch sizes")))
-            students = {model.name for model in placement.parse_grid(args.distill)} if args.distill else set()
-            if students & {model.name for model in spec.models}:  # before training anything
-                raise ConfigError(f"--distill {', '.join(sorted(students & {m.name for m in spec.models}))}: "
-                                  "also in the grid; a student needs a model name of its own in the zoo")
+            if args.distill:  # before training anything
+                check_students(placement.parse_grid(args.distill), [model.name for model in spec.models])
             if args.dry_run:
                 inventory = placement.parse_inventory(args.gpus) if args.gpus else None
                 print(placement.plan_table(sweep.plan_sweep(spec, inventory)))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Sequence
 
+from raytrain8m.models import ModelConfig
 from raytrain8m.runtime.errors import ConfigError, Raytrain8mError
 from raytrain8m.select.zoo import Zoo, build_zoo
 from raytrain8m.sweep.placement import parse_grid
@@ -31,6 +32,14 @@ def zoo_of_sweep(result: SweepResult, interval: int = 1, also: Sequence[SweepRes
                      report_data=report, split=split)
 
 
+def check_students(students: Sequence[ModelConfig], grid: Sequence[str]) -> None:
+    """Refuse a student named like a model of the grid: the zoo is keyed by name."""
+    taken = {model.name for model in students} & set(grid)
+    if taken:
+        raise ConfigError(f"--distill {', '.join(sorted(taken))}: also in the grid; a student needs a model "
+                          "name of its own in the zoo")
+
+
 def distill_stage(result: SweepResult, zoo: Zoo, students: str | Sequence[str], teacher_budget_mib: float,
                   distill_lambda: float = 1.0, max_concurrent: int | None = None, max_failures: int = 2,
                   progress: bool = False) -> tuple[SweepResult, Zoo]:
@@ -47,10 +56,7 @@ def distill_stage(result: SweepResult, zoo: Zoo, students: str | Sequence[str], 
     saved = read_sweep(result.out)
     train = TrainConfig.from_dict(saved["train"])  # the sweep's split: the same train files and holdout
     models = tuple(parse_grid(students, num_classes=train.model.num_classes))
-    taken = {placement["model"] for placement in saved["placements"]} & {model.name for model in models}
-    if taken:
-        raise ConfigError(f"--distill {', '.join(sorted(taken))}: the sweep trained these on labels already; "
-                          "a student needs a model name of its own in the zoo")
+    check_students(models, [placement["model"] for placement in saved["placements"]])
     students_out = result.out / STUDENTS_DIR
     if (students_out / SWEEP_JSON).is_file():  # the stage ran before (a resumed sweep): finish it
         planned = sorted(placement["model"] for placement in read_sweep(students_out)["placements"])
