@@ -21,6 +21,7 @@ import json
 import os
 import sys
 
+from raytrain8m.models.config import member_label
 from raytrain8m.pipeline.demo import SCALES, run_demo
 from raytrain8m.runtime.cli import LOG_NAMED, add_verbose_flag, console
 from raytrain8m.runtime.errors import Raytrain8mError, fail
@@ -47,8 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(summary, indent=2, default=str))
         return 0
     ensemble = summary["ensemble"]
-    members = " + ".join(f"{m.get('letter') or ''}{'8' if m.get('precision') == 'int8' else ''} {m['name']}".strip()
-                         for m in ensemble["members"])
+    members = " + ".join(member_label(m.get("letter"), m.get("precision"), m["name"]) for m in ensemble["members"])
     weights = ", ".join(f"{w:.2f}" for w in ensemble["weights"])
     print(f"\n{summary['zoo_table']}\n")
     print(f"ensemble: {members}  weights ({weights})  {ensemble['size_mib']:.3f} MiB "

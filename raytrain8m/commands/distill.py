@@ -37,7 +37,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             if not args.zoo:
                 raise ConfigError(f"--teacher {args.teacher!r} is zoo letters; give --zoo too")
             from raytrain8m.compose.ensemble import make_ensemble
-
             from raytrain8m.train.driver import resolve
 
             config = resolve(train_job.config_from_args(args))

@@ -30,7 +30,7 @@ import json
 import sys
 from typing import Sequence
 
-from raytrain8m.models.config import DEFAULT_BUDGET_MIB, MEMBER_PRECISIONS, SEARCH_AUTO
+from raytrain8m.models.config import DEFAULT_BUDGET_MIB, SEARCH_AUTO, SEARCH_PRECISIONS
 from raytrain8m.runtime.cli import LOG_NAMED, Parser, add_evaluation_flags, add_verbose_flag, console
 from raytrain8m.runtime.errors import Raytrain8mError, fail
 
@@ -47,7 +47,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="rank zoo combinations whose sizes fit BUDGET_MIB by validate GAP")
     parser.add_argument("--budget", type=float, default=DEFAULT_BUDGET_MIB,
                         help="size budget in MiB, sum of member sizes at --precision (default: %(default)g)")
-    parser.add_argument("--precision", choices=(*MEMBER_PRECISIONS, SEARCH_AUTO), default="fp16",
+    parser.add_argument("--precision", choices=SEARCH_PRECISIONS, default="fp16",
                         help="how the export stores the members' big weights (default: %(default)s); "
                              f"{SEARCH_AUTO}: --search picks each member's")
     parser.add_argument("--zoo", help="zoo.json (needed for letters and --search), e.g. runs/sweep/zoo.json")

@@ -16,7 +16,6 @@ import json
 import sys
 from typing import Sequence
 
-
 from raytrain8m.models import ModelConfig
 from raytrain8m.runtime.cli import add_verbose_flag, console
 from raytrain8m.runtime.errors import Raytrain8mError, fail

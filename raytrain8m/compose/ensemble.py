@@ -20,7 +20,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from raytrain8m.models import ModelConfig, family, size_mib
-from raytrain8m.models.config import DEFAULT_BUDGET_MIB, MEMBER_PRECISIONS, SEARCH_AUTO
+from raytrain8m.models.config import DEFAULT_BUDGET_MIB, MEMBER_PRECISIONS, SEARCH_AUTO, SEARCH_PRECISIONS, member_label
 from raytrain8m.models.storage import with_precision
 from raytrain8m.records.checkpoint import is_checkpoint, read_config
 from raytrain8m.records.predictions import PredictionStore, combinations, rank_combinations, tune_weights
@@ -311,9 +311,8 @@ def search(zoo_path: str | os.PathLike, validate_data: str | Sequence[str], budg
     `budget_mib`: (rows best first, the candidates the rows' indices refer to). `precision`
     fp16 or int8 holds every member at it; `auto` offers each model at both (int8 shown as
     `A8`) and lets the ranking pick each member's, one precision per model in a combination."""
-    if precision not in (*MEMBER_PRECISIONS, SEARCH_AUTO):
-        raise ConfigError(f"--precision must be one of {', '.join((*MEMBER_PRECISIONS, SEARCH_AUTO))}, "
-                          f"got {precision!r}")
+    if precision not in SEARCH_PRECISIONS:
+        raise ConfigError(f"--precision must be one of {', '.join(SEARCH_PRECISIONS)}, got {precision!r}")
     zoo = _zoo(zoo_path)
     precisions = MEMBER_PRECISIONS if precision == SEARCH_AUTO else (precision,)
     candidates = [zoo_member(entry, average, held) for entry in zoo.models for held in precisions]
@@ -321,8 +320,8 @@ def search(zoo_path: str | os.PathLike, validate_data: str | Sequence[str], budg
         raise ConfigError(f"{zoo_path}: the zoo has no models")
     check_compatible(candidates)
     groups = [index // len(precisions) for index in range(len(candidates))]
-    labels = [(m.letter or "?") + ("8" if precision == SEARCH_AUTO and m.precision == "int8" else "")
-              for m in candidates]
+    # every member is at `precision` but with auto: only then does a label say it
+    labels = [member_label(m.letter or "?", m.precision if precision == SEARCH_AUTO else "") for m in candidates]
     with _predictions_dir(predictions_dir) as directory:
         # fail on the budget before predicting anything
         combinations([m.stored_mib for m in candidates], budget_mib, max_members, groups)

@@ -11,6 +11,15 @@ from raytrain8m.runtime.errors import ConfigError
 DEFAULT_BUDGET_MIB = 1024.0  # the paper's ensemble budget (1 GiB; its YHLS is 1019.7 MiB)
 MEMBER_PRECISIONS = ("fp16", "int8")  # how an export stores members (fp32 is never worth its size)
 SEARCH_AUTO = "auto"  # the ensemble search: each member at the precision that ranks best
+SEARCH_PRECISIONS = (*MEMBER_PRECISIONS, SEARCH_AUTO)  # what the search takes
+
+
+def member_label(letter: str | None, precision: str | None = None, name: str = "") -> str:
+    """How tables and reports name a member: its zoo letter, `8` after it when held at int8
+    (`A8`), then its model name when given."""
+    label = (letter or "") + ("8" if precision == "int8" else "")
+    return f"{label} {name}".strip()
+
 
 MODEL_JSON = "model.json"
 # `K32-H1024` is Gated NetVLAD; `NX-K128-H2048[-G8][-E2][-R8][-MoE]` is NeXtVLAD.

@@ -152,8 +152,8 @@ def _run(demo: DemoScale, scale_name: str, data_root: str | Path, out: Path, max
     from raytrain8m.compose.ensemble import make_ensemble
     from raytrain8m.compose.infer import infer
     from raytrain8m.pipeline.report import write_report
-    from raytrain8m.runtime import localray
     from raytrain8m.pipeline.stages import TEACHER_DIR, distill_stage, zoo_of_sweep
+    from raytrain8m.runtime import localray
     from raytrain8m.sweep import tune as sweep
     from raytrain8m.sweep.records import scoring_data
     from raytrain8m.train.config import TrainConfig

@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from raytrain8m.models.config import member_label
 from raytrain8m.runtime import atomic
 from raytrain8m.select.zoo import Zoo
 
@@ -57,7 +58,7 @@ def plot_members_vs_ensemble(summary: dict[str, Any], zoo: Zoo, path: Path) -> P
     labels, single, averaged = [], [], []
     for member in ensemble["members"]:
         entry = by_checkpoint.get(member["checkpoint"])
-        labels.append(f"{member.get('letter') or ''} {member['name']}".strip())
+        labels.append(member_label(member.get("letter"), member.get("precision"), member["name"]))
         single.append(entry.best_single_gap if entry else 0.0)
         averaged.append(entry.gap if entry else (member.get("gap") or 0.0))
     figure, axes = pyplot.subplots(figsize=(7, 4.5))
@@ -129,8 +130,7 @@ def write_report(summary: dict[str, Any], zoo: Zoo, out: Path) -> Path:
     if figures["pareto"]:
         figures["pareto"] = Path(shutil.copyfile(figures["pareto"], out / "pareto.png"))
     ensemble = summary["ensemble"]
-    members = ", ".join(f"{m.get('letter') or ''}{'8' if m.get('precision') == 'int8' else ''} {m['name']} "
-                        f"({w:.2f})".strip()
+    members = ", ".join(f"{member_label(m.get('letter'), m.get('precision'), m['name'])} ({w:.2f})"
                         for m, w in zip(ensemble["members"], ensemble["weights"]))
     timings = "\n".join(f"| {stage} | {seconds:.0f} |" for stage, seconds in summary["timings_s"].items())
     text = f"""# raytrain8m demo report (scale `{summary['scale']}`)
