@@ -411,7 +411,9 @@ def test_ray_tensor_layout_hands_over_contiguous_step_inputs_equal_to_local_ones
 
 
 def test_shuffling_covers_every_record_once_per_epoch_the_same_way_for_a_seed(ray_session, synthetic_dir):
+    """Ray Data's blocks in file order (reshuffled each epoch) through the worker's own buffer."""
     from raytrain8m.data.datasource import read_dataset
+    from raytrain8m.data.shuffle import shuffled_batches
 
     glob = [str(synthetic_dir / "train*.tfrecord"), str(synthetic_dir / "validate*.tfrecord")]
     expected = sorted(i for b in iter_batches(glob, 64) for i in b["id"])
@@ -420,9 +422,8 @@ def test_shuffling_covers_every_record_once_per_epoch_the_same_way_for_a_seed(ra
         dataset = read_dataset(glob, num_classes=CLASSES, max_frames=12, layout="tensors",
                                shuffle_files=True, seed=seed, records_per_block=16)
         dataset.context.execution_options.preserve_order = True
-        return [[i for batch in dataset.iter_batches(batch_size=8, batch_format="numpy",
-                                                    local_shuffle_buffer_size=32,
-                                                    local_shuffle_seed=seed * 1000 + epoch)
+        return [[i for batch in shuffled_batches(dataset.iter_batches(batch_size=None, batch_format="numpy"), 8, 32,
+                                                 seed=[seed, 0, epoch], drop_last=False)
                  for i in batch["id"]] for epoch in range(count)]
 
     first, second = epochs(seed=1)
@@ -430,3 +431,31 @@ def test_shuffling_covers_every_record_once_per_epoch_the_same_way_for_a_seed(ra
     assert first != second                       # reshuffled between epochs
     assert epochs(seed=1) == [first, second]     # the same seed, the same order
     assert epochs(seed=2)[0] != first
+
+
+def _numbered_blocks(sizes: list[int]) -> list[dict[str, np.ndarray]]:
+    """Blocks of rows numbered 0, 1, …: a scalar column and a [3, 2] tensor column holding the number."""
+    blocks, start = [], 0
+    for size in sizes:
+        number = np.arange(start, start + size)
+        blocks.append({"n": number, "frames": np.repeat(number, 6).reshape(size, 3, 2).astype(np.uint16)})
+        start += size
+    return blocks
+
+
+def test_shuffled_batches_keep_rows_whole_and_order_without_a_buffer():
+    from raytrain8m.data.shuffle import shuffled_batches
+
+    blocks = _numbered_blocks([5, 1, 9, 7])  # 22 rows
+    ordered = [batch["n"].tolist() for batch in shuffled_batches(blocks, 4, 0)]
+    assert ordered == [list(range(i, i + 4)) for i in range(0, 20, 4)]  # in order, the 2 left over dropped
+    shuffled = list(shuffled_batches(blocks, 4, 10, seed=3, drop_last=False))
+    numbers = np.concatenate([batch["n"] for batch in shuffled])
+    assert sorted(numbers.tolist()) == list(range(22)) and numbers.tolist() != list(range(22))
+    assert [len(batch["n"]) for batch in shuffled] == [4] * 5 + [2]
+    for batch in shuffled:  # each row's columns travel together
+        assert batch["frames"].shape[1:] == (3, 2) and batch["frames"].dtype == np.uint16
+        np.testing.assert_array_equal(batch["frames"], np.broadcast_to(batch["n"][:, None, None], batch["frames"].shape))
+    # a row leaves only once the buffer is full: the first batch comes from the first 10 rows
+    assert max(shuffled[0]["n"]) < 10
+

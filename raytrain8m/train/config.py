@@ -44,7 +44,7 @@ class TrainConfig:
     log_every: int = 100          # progress line and MLflow loss every N steps
     print_every: int = 0          # the console's progress line every N steps instead (and the last); 0 = log_every
     shuffle_buffer: int = 512     # videos in each worker's local shuffle buffer; 0 = no row shuffle
-    prefetch_batches: int = 2     # batches read ahead while the step runs; 0 = none
+    prefetch_batches: int = 2     # blocks Ray Data fetches, and batches made, ahead of the step; 0 = none
     jit_compile: bool = False     # XLA-compile the model's forward and backward (bench/train_step.py)
     mixed_precision: str = "off"  # off, bf16 or fp16: the model's matmuls in that dtype (fp16: loss scaling)
     ema_decay: float = 0.0        # > 0: keep a moving average of the weights (saved as ema/… in checkpoints)

@@ -157,9 +157,13 @@ def _trainer(config: TrainConfig, resources_per_worker: Mapping[str, float] | No
     resources = dict(resources_per_worker) if resources_per_worker else None
     _check_cpus_left_for_data(config, resources, ray.cluster_resources().get("CPU", 0))
     # The step's own inputs as tensor columns; files reshuffled each epoch, the same for a seed.
+    # One read task per file, as on the real set (3,844 files): with fewer files Ray Data would
+    # split each file's blocks into many small ones, and its per-block work would cost the step.
+    files = config.train_data if isinstance(config.train_data, list) else None
     dataset = read_dataset(config.train_data, num_classes=config.model.num_classes, max_frames=config.max_frames,
                            layout="tensors", ids=False, shuffle_files=True, seed=config.seed,
-                           skip_corrupt=config.skip_corrupt, skip_counter=skip_counter)
+                           skip_corrupt=config.skip_corrupt, skip_counter=skip_counter,
+                           override_num_blocks=len(files) if files else None)
     ingest = DataConfig.default_ingest_options()
     ingest.preserve_order = True  # blocks in file order, not in the order read tasks finish
     dataset.context.enable_progress_bars = False  # rank 0's progress line is the one to read

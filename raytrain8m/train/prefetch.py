@@ -12,25 +12,28 @@ import numpy as np
 
 from raytrain8m.data import DataError
 from raytrain8m.data.batches import to_step_inputs
+from raytrain8m.data.shuffle import shuffled_batches
 from raytrain8m.runtime.errors import TrainingError
 
 
 def batches(shard, config, rank: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Step inputs (`to_step_inputs`) from this worker's shard, epoch after epoch, forever (the
-    loop counts steps). Rows pass a local shuffle buffer seeded by (seed, rank, epoch); Ray Data
-    prefetches `prefetch_batches` batches while the step runs. `config`: a `TrainConfig`."""
+    loop counts steps). Ray Data hands over whole blocks (`prefetch_batches` of them fetched
+    ahead while the step runs); their rows pass our own shuffle buffer (`data.shuffle`), seeded
+    by (seed, rank, epoch). `config`: a `TrainConfig`."""
     epoch = 0
     while True:
         produced = 0
-        shuffle = dict(local_shuffle_buffer_size=config.shuffle_buffer,
-                       local_shuffle_seed=(config.seed * 1000 + rank) * 1000 + epoch) if config.shuffle_buffer else {}
-        for batch in shard.iter_batches(batch_size=config.batch_size, batch_format="numpy", drop_last=True,
-                                        prefetch_batches=config.prefetch_batches, **shuffle):
-            frames, num_frames, labels = to_step_inputs(batch, config.model.num_classes, config.max_frames)
-            if not labels.any():
+        blocks = (dict(zip(("frames", "num_frames", "labels"),
+                           to_step_inputs(block, config.model.num_classes, config.max_frames)))
+                  for block in shard.iter_batches(batch_size=None, batch_format="numpy",
+                                                  prefetch_batches=config.prefetch_batches))
+        for batch in shuffled_batches(blocks, config.batch_size, config.shuffle_buffer,
+                                      seed=[config.seed, rank, epoch]):
+            if not batch["labels"].any():
                 raise DataError(config.train_data, None, "training batch without labels (a test split?)")
             produced += 1
-            yield frames, num_frames, labels
+            yield batch["frames"], batch["num_frames"], batch["labels"]
         if not produced:
             raise TrainingError(f"worker's train shard holds fewer than batch_size={config.batch_size} "
                                 f"videos (epoch {epoch}); use a smaller batch or fewer workers")
