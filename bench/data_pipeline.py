@@ -35,7 +35,8 @@ def ours(glob: str, args: argparse.Namespace, dequantize: bool) -> float:
     from raytrain8m.data.datasource import read_dataset
     from raytrain8m.models import ModelConfig
     from raytrain8m.train.config import TrainConfig
-    from raytrain8m.train.loop import batches, dequantize_frames, prefetch
+    from raytrain8m.train.loop import dequantize_frames
+    from raytrain8m.train.prefetch import Prefetcher, batches
 
     config = TrainConfig(model=ModelConfig(num_classes=args.classes), batch_size=args.batch_size,
                          max_frames=args.max_frames, shuffle_buffer=args.shuffle_buffer)
@@ -49,7 +50,7 @@ def ours(glob: str, args: argparse.Namespace, dequantize: bool) -> float:
     [shard] = dataset.streaming_split(1, equal=True)  # what Ray Train hands a single worker
     per_epoch = args.videos_per_epoch // args.batch_size
     to_float = tf.function(dequantize_frames)
-    data = prefetch(batches(shard, config), config.prefetch_batches)
+    data = Prefetcher(batches(shard, config), config.prefetch_batches)
     next(data)  # Ray Data's start (executor, split coordinator): timed apart, as `first_batch_s`
     start = time.perf_counter()
     for _ in range(per_epoch * args.epochs - 1):
