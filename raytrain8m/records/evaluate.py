@@ -26,7 +26,11 @@ Predictor = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 def model_from_tensors(config: ModelConfig, tensors: Mapping[str, np.ndarray]):
     """An eager model of the config's family (outside any distribution strategy) holding these weights."""
-    model = build(config, zeros=True)
+    return load_tensors(build(config, zeros=True), tensors)
+
+
+def load_tensors(model, tensors: Mapping[str, np.ndarray]):
+    """Assign these weights to the model's variables (every one must be given); return the model."""
     for name, variable in model.variables.items():
         variable.assign(tf.cast(tensors[name], variable.dtype))
     return model

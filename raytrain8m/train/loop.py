@@ -226,20 +226,34 @@ def restore(model, optimizer, config: TrainConfig, directory: str,
     return checkpoint.state
 
 
-def evaluate_snapshot(config: TrainConfig, tensors: dict[str, np.ndarray]) -> dict[str, float]:
-    """Validate-split metrics from a fresh, non-distributed copy of the weights (rank 0 only)."""
-    metrics = _evaluate_tensors(config, tensors, config.validate_data, config.eval_batches or None)
-    names = {"examples": "eval_videos", "skipped_records": "eval_skipped_records"}
-    return {names.get(key, key): float(value) for key, value in metrics.items() if isinstance(value, (int, float))}
+class SnapshotEvaluator:
+    """Rank 0's evaluations of weight snapshots on one non-distributed copy of the model: built
+    and traced at the first evaluation, given each later snapshot's weights, so a run's
+    evaluations (validate, EMA, holdout) cost their batches and not a new model each time."""
 
+    def __init__(self, config: TrainConfig):
+        self.config = config
+        self._model = self._predict = None
 
-def _evaluate_tensors(config: TrainConfig, tensors: dict[str, np.ndarray], data, max_batches: int | None) -> dict:
-    from raytrain8m.records.evaluate import evaluate, model_from_tensors, predictor
+    def metrics(self, tensors: dict[str, np.ndarray], data, max_batches: int | None = None) -> dict:
+        from raytrain8m.records.evaluate import evaluate, load_tensors, model_from_tensors, predictor
 
-    if tf.distribute.has_strategy():
-        raise TrainingError("evaluations must run outside the training strategy's scope")
-    return evaluate(predictor(model_from_tensors(config.model, tensors)), data, config.model.num_classes,
-                    batch_size=256, max_batches=max_batches, progress=False, skip_corrupt=config.skip_corrupt)
+        if tf.distribute.has_strategy():
+            raise TrainingError("evaluations must run outside the training strategy's scope")
+        if self._model is None:
+            self._model = model_from_tensors(self.config.model, tensors)
+            self._predict = predictor(self._model)
+        else:
+            load_tensors(self._model, tensors)
+        return evaluate(self._predict, data, self.config.model.num_classes, batch_size=256, max_batches=max_batches,
+                        progress=False, skip_corrupt=self.config.skip_corrupt)
+
+    def validate(self, tensors: dict[str, np.ndarray]) -> dict[str, float]:
+        """Metrics on the run's validate data (`eval_batches` of it), named as the run logs them."""
+        metrics = self.metrics(tensors, self.config.validate_data, self.config.eval_batches or None)
+        names = {"examples": "eval_videos", "skipped_records": "eval_skipped_records"}
+        return {names.get(key, key): float(value) for key, value in metrics.items()
+                if isinstance(value, (int, float))}
 
 
 class HoldoutScorer:
@@ -247,18 +261,19 @@ class HoldoutScorer:
     as the zoo would: the zoo then reads the score from state.json (`scoring.SCORES_KEY`) instead
     of loading and evaluating the checkpoint again. No split.json: nothing to score on."""
 
-    def __init__(self, config: TrainConfig):
+    def __init__(self, config: TrainConfig, evaluator: SnapshotEvaluator):
         from raytrain8m.records.holdout import SPLIT_JSON, data_key, load_split
 
+        self.evaluator = evaluator
         split = load_split(config.run_dir / SPLIT_JSON)
         self.files = list(split.choose) if split is not None else None
         self.key = data_key(self.files) if self.files else None
 
-    def score(self, config: TrainConfig, tensors: dict[str, np.ndarray]) -> dict[str, dict] | None:
+    def score(self, tensors: dict[str, np.ndarray]) -> dict[str, dict] | None:
         """{data key: metrics} for state.json, or None (no split, or records were skipped)."""
         if self.key is None:
             return None
-        metrics = _evaluate_tensors(config, tensors, self.files, None)
+        metrics = self.evaluator.metrics(tensors, self.files)
         if metrics.get("skipped_records"):  # not what the zoo, which skips nothing, would measure
             return None
         return {self.key: {name: float(value) for name, value in metrics.items()
@@ -432,7 +447,8 @@ def _train(config: TrainConfig, reading: Iterator[tuple] | None = None) -> None:
                  "resuming" if step else "starting", config.model.name, step, config.max_steps,
                  strategy.num_replicas_in_sync, config.global_batch_size)
 
-    scorer = HoldoutScorer(config) if rank == 0 else None
+    evaluator = SnapshotEvaluator(config) if rank == 0 else None
+    scorer = HoldoutScorer(config, evaluator) if rank == 0 else None
     train_step = make_train_step(model, optimizer, strategy, config, ema, loss_scale)
     # Read ahead in a thread while the step runs: the worker's entry started it (`reading`), or
     # it starts here. One thread and `prefetch_batches` batches, converted to tensors as taken.
@@ -474,13 +490,13 @@ def _train(config: TrainConfig, reading: Iterator[tuple] | None = None) -> None:
                 log.info(_progress(step, config, metrics["loss"], metrics["examples_per_sec"], resumed_from,
                                    started))
             if do_eval:
-                metrics.update(evaluate_snapshot(config, tensors))
+                metrics.update(evaluator.validate(tensors))
                 if ema:
                     averaged = {name: tensors.get(EMA_PREFIX + name, value) for name, value in tensors.items()}
-                    metrics["ema_gap"] = evaluate_snapshot(config, averaged)["gap"]
+                    metrics["ema_gap"] = evaluator.validate(averaged)["gap"]
                 log.info("step %d  validate gap %.4f  hit@1 %.4f  perr %.4f", step, metrics["gap"],
                          metrics["hit_at_one"], metrics["perr"])
-            scores = scorer.score(config, tensors) if do_checkpoint else None
+            scores = scorer.score(tensors) if do_checkpoint else None
             if scores:  # the curve a range of checkpoints to average is picked from
                 metrics["holdout_gap"] = next(iter(scores.values()))["gap"]
             if logger is not None:
