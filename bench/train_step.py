@@ -16,6 +16,10 @@ Train run (jobs/train.py's path: `fit` on official-format shards) keeps of it. L
 - `ray_examples_per_s` and `ray_overhead_ratio`: a 1-worker `fit` on synthetic shards of the same
   model, batch and frames; steady examples/s from its MLflow `examples_per_sec` windows after the
   first (the warm-up), ÷ the bare step's.
+  The ratio is against the mean of the bare step timed before and after the run
+  (`bare_examples_per_s_before_after`): this machine's speed drifts by ~10% over minutes.
+- `ray_cpu_cores`: the cores each kind of process used during the run's timed windows (the
+  training worker, Ray Data's read tasks and coordinator, Ray's other processes, `idle`).
 - `startup_s`: the run's wall time (from before `ray.init`) minus its steps at the steady rate.
 """
 from __future__ import annotations
@@ -28,6 +32,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -48,9 +53,9 @@ def matmul_flops_per_s(size: int = 4096, repeats: int = 3) -> float:
     return 2 * size ** 3 / best
 
 
-def bare_step(config, args: argparse.Namespace) -> tuple[float, str]:
-    """Steady examples/s of the trainer's compiled step on random quantized inputs, and the
-    dtype(s) its matmuls ran in."""
+def bare_step(config, args: argparse.Namespace) -> tuple[Callable[[], float], str]:
+    """The trainer's compiled step on random quantized inputs, warmed up: a function that times
+    `--steps` of it (examples/s), and the dtype(s) its matmuls ran in."""
     import numpy as np
     import tensorflow as tf
 
@@ -72,11 +77,64 @@ def bare_step(config, args: argparse.Namespace) -> tuple[float, str]:
                           .astype(np.uint8)))
     for _ in range(args.warmup):
         float(step(*inputs))
-    start = time.perf_counter()
-    losses = [step(*inputs) for _ in range(args.steps)]
-    float(losses[-1])
-    rate = args.steps * config.batch_size / (time.perf_counter() - start)
+
+    def rate() -> float:
+        start = time.perf_counter()
+        losses = [step(*inputs) for _ in range(args.steps)]
+        float(losses[-1])
+        return args.steps * config.batch_size / (time.perf_counter() - start)
+
     return rate, ",".join(matmul_dtypes(step.get_concrete_function()))
+
+
+class CpuSampler:
+    """Every process's CPU seconds, sampled each second in a thread: what each kind of process
+    used (in cores) between two moments, to show where the CPUs went during the Ray run's steps."""
+
+    KINDS = (("RayTrainWorker", "training worker"), ("ReadYouTube8M", "read tasks"),
+             ("SplitCoordinator", "Ray Data coordinator"), ("ray", "Ray's other processes"))
+
+    def __init__(self):
+        import threading
+
+        self.samples: list[tuple[float, dict[int, tuple[float, str]]]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        import psutil
+
+        while not self._stop.wait(1.0 if self.samples else 0):
+            sample = {}
+            for process in psutil.process_iter(["cmdline", "name"]):
+                try:
+                    times = process.cpu_times()
+                    name = " ".join(process.info["cmdline"] or [process.info["name"] or ""])
+                    sample[process.pid] = (times.user + times.system, name)
+                except Exception:  # gone, or not ours to read
+                    continue
+            self.samples.append((time.time(), sample))
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def cores(self, start: float, end: float) -> dict[str, float]:
+        """Cores used per kind of process between the first sample after `start` and the last
+        before `end` (epoch seconds); `idle` is what was left of the machine's CPUs."""
+        inside = [(when, sample) for when, sample in self.samples if start <= when <= end]
+        if len(inside) < 2:
+            return {}
+        (first_time, first), (last_time, last) = inside[0], inside[-1]
+        seconds = last_time - first_time
+        used: dict[str, float] = {}
+        for pid, (cpu, name) in last.items():
+            kind = "this bench (the driver)" if pid == os.getpid() else next(
+                (label for key, label in self.KINDS if key in name), "other processes")
+            used[kind] = used.get(kind, 0.0) + (cpu - first.get(pid, (0.0, ""))[0]) / seconds
+        used["idle"] = (os.cpu_count() or 1) - sum(used.values())
+        return {kind: round(value, 3) for kind, value in sorted(used.items(), key=lambda item: -item[1])}
 
 
 def ray_run(config, args: argparse.Namespace, tmp: str) -> dict:
@@ -99,18 +157,28 @@ def ray_run(config, args: argparse.Namespace, tmp: str) -> dict:
                             max_steps=steps, checkpoint_every=steps, eval_every=0, eval_batches=1,
                             log_every=args.warmup, max_failures=0, out=str(Path(tmp) / "out"), run_name="bench",
                             experiment="bench", tracking_uri=f"sqlite:///{tmp}/mlflow.db")
+    sampler = CpuSampler()
     start = time.perf_counter()
-    ray.init(address="local", num_cpus=max(os.cpu_count() or 1, 2) + 1, include_dashboard=False)
+    # Ray's default object store holds this synthetic epoch: Ray Data reads most of it ahead,
+    # during the warm-up, and `ray_cpu_cores` then shows little reading in the timed windows. A
+    # store smaller than the read-ahead (`--object-store-mib`) makes it read in step, as a real
+    # 1.4 TB set would, and shows what that costs here (spilling included).
+    ray.init(address="local", num_cpus=max(os.cpu_count() or 1, 2) + 1, include_dashboard=False,
+             object_store_memory=args.object_store_mib * 2**20 if args.object_store_mib else None)
     try:
         result = fit(config)
         wall = time.perf_counter() - start
         history = tracking.client(config.tracking_uri).get_metric_history(result.mlflow_run_id, "examples_per_sec")
     finally:
         ray.shutdown()
-    timed = [metric.value for metric in sorted(history, key=lambda m: m.step) if metric.step > args.warmup]
+        sampler.stop()
+    history = sorted(history, key=lambda m: m.step)
+    timed = [metric.value for metric in history if metric.step > args.warmup]
     rate = len(timed) / sum(1 / value for value in timed)  # windows of equal steps: harmonic mean
+    # The timed windows' ends as logged, but the last: it is logged after the final evaluation.
+    steady = [metric.timestamp / 1000 for metric in history if metric.step >= args.warmup][:-1]
     return {"ray_examples_per_s": rate, "startup_s": wall - steps * config.batch_size / rate,
-            "ray_wall_s": wall, "ray_steps": steps}
+            "ray_wall_s": wall, "ray_steps": steps, "ray_cpu_cores": sampler.cores(steady[0], steady[-1])}
 
 
 def main() -> int:
@@ -123,9 +191,11 @@ def main() -> int:
     parser.add_argument("--max-frames", type=int, default=300)
     parser.add_argument("--iterations", type=int, default=300)
     parser.add_argument("--warmup", type=int, default=4)
-    parser.add_argument("--steps", type=int, default=16, help="timed steps (the Ray run: a multiple of --warmup)")
+    parser.add_argument("--steps", type=int, default=32, help="timed steps (the Ray run: a multiple of --warmup)")
     parser.add_argument("--videos", type=int, default=0,
                         help="synthetic videos for the Ray run (default: enough that the run is one epoch)")
+    parser.add_argument("--object-store-mib", type=int, default=0,
+                        help="the Ray run's object store in MiB (default: Ray's own, 30%% of memory)")
     parser.add_argument("--jit-compile", action="store_true", help="XLA-compile the step's forward and backward")
     parser.add_argument("--mixed-precision", choices=MIXED_PRECISIONS, default="off",
                         help="the model's matmuls in bfloat16 or float16 (default: %(default)s)")
@@ -138,6 +208,7 @@ def main() -> int:
     if args.steps % args.warmup:
         parser.error("--steps must be a multiple of --warmup (the Ray run reports one window each)")
     logging.basicConfig(level=logging.WARNING)
+    import numpy as np
     import tensorflow as tf
 
     from raytrain8m.models import ModelConfig, flops_per_video
@@ -148,7 +219,8 @@ def main() -> int:
     config = TrainConfig(model=model, batch_size=args.batch_size, max_frames=args.max_frames,
                          mixed_precision=args.mixed_precision, **changes)
     peak = matmul_flops_per_s()
-    examples_per_s, matmul_dtype = bare_step(config, args)
+    time_bare_step, matmul_dtype = bare_step(config, args)
+    examples_per_s = time_bare_step()
     figures = {"model": model.name, "classes": args.classes, "batch_size": args.batch_size,
                "max_frames": args.max_frames, "jit_compile": args.jit_compile,
                "mixed_precision": args.mixed_precision, "matmul_dtype": matmul_dtype,
@@ -157,7 +229,11 @@ def main() -> int:
     if not args.no_ray:
         with tempfile.TemporaryDirectory() as tmp:
             figures.update(ray_run(config, args, tmp))
-        figures["ray_overhead_ratio"] = figures["ray_examples_per_s"] / examples_per_s
+        # The machine's speed drifts by ~10% over minutes: the bare step again after the run,
+        # and the ratio against the mean of the two.
+        figures["bare_examples_per_s_before_after"] = [examples_per_s, time_bare_step()]
+        figures["ray_overhead_ratio"] = figures["ray_examples_per_s"] / np.mean(
+            figures["bare_examples_per_s_before_after"])
     figures.update(cpus=os.cpu_count(), load_average_1m=os.getloadavg()[0],
                    devices=[device.name for device in tf.config.list_logical_devices()])
     for key, value in figures.items():
