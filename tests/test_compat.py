@@ -1,5 +1,6 @@
 """Each version-sensitive hook in raytrain8m/runtime/compat.py against the installed Ray and Keras: an
-upgrade that moves or drops one fails here, by name. Fast: no Ray instance is started."""
+upgrade that moves or drops one fails here, by name. Fast: one test runs a small Ray Data
+execution on the session's local Ray; the others start nothing."""
 from __future__ import annotations
 
 import pytest
@@ -59,6 +60,29 @@ def test_the_raylet_message_filter_drops_only_what_it_is_told(monkeypatch, capsy
     worker.print_to_stdstream(message, ignore_prefix=True)
     out = capsys.readouterr().out
     assert "a real failure" in out and "chatter" not in out
+
+
+def test_ray_data_runs_our_paced_scheduling_callback_at_every_step_of_its_loop(ray_session):
+    import time
+
+    import numpy as np
+    import ray
+
+    steps: list[float] = []
+
+    class Recorded(compat.PacedScheduling):
+        def on_execution_step(self, executor) -> None:
+            super().on_execution_step(executor)
+            steps.append(time.perf_counter())
+
+    dataset = ray.data.range(64, override_num_blocks=8)
+    dataset.context.print_on_execution_start = False
+    assert compat.pace_data_scheduling(dataset.context) and compat.pace_data_scheduling(dataset.context)
+    assert dataset.context.custom_execution_callback_classes.count(compat.PacedScheduling) == 1
+    dataset.context.custom_execution_callback_classes.append(Recorded)
+    assert sum(len(batch["id"]) for batch in dataset.iter_batches(batch_size=8)) == 64
+    assert len(steps) >= 2  # Ray called it at each step of the loop …
+    assert np.diff(steps).min() >= compat.DATA_SCHEDULING_STEP_S  # … and the steps were paced
 
 
 def test_keras_still_sums_gradients_in_the_hook_we_skip():

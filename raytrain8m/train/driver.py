@@ -168,6 +168,7 @@ def _trainer(config: TrainConfig, resources_per_worker: Mapping[str, float] | No
     ingest.preserve_order = True  # blocks in file order, not in the order read tasks finish
     dataset.context.enable_progress_bars = False  # rank 0's progress line is the one to read
     dataset.context.print_on_execution_start = False  # else two lines at every epoch
+    compat.pace_data_scheduling(dataset.context)  # else its loop spins while blocks wait for the step
     return compat.DataParallelTrainer(
         train_loop_per_worker,
         train_loop_config=config.to_dict(),
