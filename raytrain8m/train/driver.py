@@ -140,6 +140,9 @@ def _check_cpus_left_for_data(config: TrainConfig, resources: Mapping[str, float
                           "resources_per_worker={'CPU': <smaller>}")
 
 
+DATA_STORE_FRACTION = 0.25  # of the object store, for a training run's read-ahead (see _trainer)
+
+
 def _trainer(config: TrainConfig, resources_per_worker: Mapping[str, float] | None,
              scaling_options: Mapping[str, Any] | None, skip_counter=None):
     """Ray (local unless RAY_ADDRESS says otherwise), the train dataset and Ray Train's data-parallel
@@ -169,6 +172,10 @@ def _trainer(config: TrainConfig, resources_per_worker: Mapping[str, float] | No
     dataset.context.enable_progress_bars = False  # rank 0's progress line is the one to read
     dataset.context.print_on_execution_start = False  # else two lines at every epoch
     compat.pace_data_scheduling(dataset.context)  # else its loop spins while blocks wait for the step
+    # A quarter of the object store for Ray Data's read-ahead (its default is half): the blocks
+    # in streaming_split's coordinator and in the workers' prefetch are not counted in that
+    # budget, and with half they overflowed a 1 GiB store into spilling (bench/train_step.py).
+    dataset.context.override_object_store_memory_limit_fraction = DATA_STORE_FRACTION
     return compat.DataParallelTrainer(
         train_loop_per_worker,
         train_loop_config=config.to_dict(),
