@@ -28,25 +28,20 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 def ours(glob: str, args: argparse.Namespace, dequantize: bool) -> float:
-    """Videos/s through read_dataset(layout="tensors") and the worker's `batches`/`prefetch`."""
+    """Videos/s through the trainer's dataset (`driver.train_dataset`) and the worker's
+    `batches` and `Prefetcher`."""
     import tensorflow as tf
-    from ray.train import DataConfig
 
-    from raytrain8m.data.datasource import read_dataset
     from raytrain8m.models import ModelConfig
     from raytrain8m.train.config import TrainConfig
+    from raytrain8m.train.driver import train_dataset
     from raytrain8m.train.loop import dequantize_frames
     from raytrain8m.train.prefetch import Prefetcher, batches
 
-    config = TrainConfig(model=ModelConfig(num_classes=args.classes), batch_size=args.batch_size,
-                         max_frames=args.max_frames, shuffle_buffer=args.shuffle_buffer)
-    dataset = read_dataset(glob, num_classes=args.classes, max_frames=args.max_frames, layout="tensors",
-                           ids=False, shuffle_files=True, seed=0)
-    options = DataConfig.default_ingest_options()
-    options.preserve_order = True  # as the trainer sets it
+    config = TrainConfig(model=ModelConfig(num_classes=args.classes), train_data=glob, batch_size=args.batch_size,
+                         max_frames=args.max_frames, shuffle_buffer=args.shuffle_buffer, seed=0)
+    dataset, options = train_dataset(config)  # the trainer's own
     dataset.context.execution_options = options
-    dataset.context.enable_progress_bars = False
-    dataset.context.print_on_execution_start = False
     [shard] = dataset.streaming_split(1, equal=True)  # what Ray Train hands a single worker
     per_epoch = args.videos_per_epoch // args.batch_size
     to_float = tf.function(dequantize_frames)

@@ -140,33 +140,21 @@ def _check_cpus_left_for_data(config: TrainConfig, resources: Mapping[str, float
                           "resources_per_worker={'CPU': <smaller>}")
 
 
-DATA_STORE_FRACTION = 0.25  # of the object store, for a training run's read-ahead (see _trainer)
+DATA_STORE_FRACTION = 0.25  # of the object store, for a training run's read-ahead (see train_dataset)
 
 
-def _trainer(config: TrainConfig, resources_per_worker: Mapping[str, float] | None,
-             scaling_options: Mapping[str, Any] | None, skip_counter=None):
-    """Ray (local unless RAY_ADDRESS says otherwise), the train dataset and Ray Train's data-parallel
-    trainer with TensorFlow's multi-worker set-up (`compat.TensorflowBackendConfig`)."""
-    import ray
-    from ray.train import CheckpointConfig, DataConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+def train_dataset(config: TrainConfig, skip_counter=None):
+    """The Ray Dataset a training run's workers read and the execution options it runs under:
+    the step's own inputs as tensor columns, one read task per file, files reshuffled each epoch
+    (the same way for a seed) and blocks kept in file order."""
+    from ray.train import DataConfig
 
     from raytrain8m.data import read_dataset
     from raytrain8m.runtime import compat
-    from raytrain8m.train import failures
-    from raytrain8m.train.worker import train_loop_per_worker
 
-    failures.install()  # a DataError fails the run at once; faults are still retried
-    _init_ray(config)
-    resources = dict(resources_per_worker) if resources_per_worker else None
-    _check_cpus_left_for_data(config, resources, ray.cluster_resources().get("CPU", 0))
-    # The step's own inputs as tensor columns; files reshuffled each epoch, the same for a seed.
-    # One read task per file, as on the real set (3,844 files): with fewer files Ray Data would
-    # split each file's blocks into many small ones, and its per-block work would cost the step.
-    files = config.train_data if isinstance(config.train_data, list) else None
     dataset = read_dataset(config.train_data, num_classes=config.model.num_classes, max_frames=config.max_frames,
-                           layout="tensors", ids=False, shuffle_files=True, seed=config.seed,
-                           skip_corrupt=config.skip_corrupt, skip_counter=skip_counter,
-                           override_num_blocks=len(files) if files else None)
+                           layout="tensors", ids=False, shuffle_files=True, seed=config.seed, task_per_file=True,
+                           skip_corrupt=config.skip_corrupt, skip_counter=skip_counter)
     ingest = DataConfig.default_ingest_options()
     ingest.preserve_order = True  # blocks in file order, not in the order read tasks finish
     dataset.context.enable_progress_bars = False  # rank 0's progress line is the one to read
@@ -176,6 +164,25 @@ def _trainer(config: TrainConfig, resources_per_worker: Mapping[str, float] | No
     # in streaming_split's coordinator and in the workers' prefetch are not counted in that
     # budget, and with half they overflowed a 1 GiB store into spilling (bench/train_step.py).
     dataset.context.override_object_store_memory_limit_fraction = DATA_STORE_FRACTION
+    return dataset, ingest
+
+
+def _trainer(config: TrainConfig, resources_per_worker: Mapping[str, float] | None,
+             scaling_options: Mapping[str, Any] | None, skip_counter=None):
+    """Ray (local unless RAY_ADDRESS says otherwise), the train dataset and Ray Train's data-parallel
+    trainer with TensorFlow's multi-worker set-up (`compat.TensorflowBackendConfig`)."""
+    import ray
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+
+    from raytrain8m.runtime import compat
+    from raytrain8m.train import failures
+    from raytrain8m.train.worker import train_loop_per_worker
+
+    failures.install()  # a DataError fails the run at once; faults are still retried
+    _init_ray(config)
+    resources = dict(resources_per_worker) if resources_per_worker else None
+    _check_cpus_left_for_data(config, resources, ray.cluster_resources().get("CPU", 0))
+    dataset, ingest = train_dataset(config, skip_counter)
     return compat.DataParallelTrainer(
         train_loop_per_worker,
         train_loop_config=config.to_dict(),
