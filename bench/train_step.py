@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import sys
 import tempfile
@@ -149,10 +150,11 @@ def ray_run(config, args: argparse.Namespace, tmp: str) -> dict:
     data = Path(tmp) / "data"
     steps = args.warmup + args.steps
     # One epoch holds the whole run, as on the real set (an epoch of 3,844 files): the train
-    # split is 70% of the videos, plus the shuffle buffer and a spare batch.
-    needed = int((steps + 1) * config.batch_size + config.shuffle_buffer) * 10 // 7 + 10
+    # split holds the run's batches, the shuffle buffer and a spare batch.
+    held_out = {"validate_fraction": 0.2, "test_fraction": 0.1}
+    needed = math.ceil(((steps + 1) * config.batch_size + config.shuffle_buffer) / (1 - sum(held_out.values())))
     generate(str(data), videos=max(args.videos, needed), classes=config.model.num_classes,
-             max_frames=config.max_frames, shards=8, seed=0, progress=False)
+             max_frames=config.max_frames, shards=8, seed=0, progress=False, **held_out)
     os.sync()  # the shards on disk, as a real set is: no write-back competing with the run
     config = config.replace(train_data=str(data / "train*.tfrecord"), validate_data=str(data / "validate*.tfrecord"),
                             max_steps=steps, checkpoint_every=steps, eval_every=0, eval_batches=1,
