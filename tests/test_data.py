@@ -410,30 +410,6 @@ def test_ray_tensor_layout_hands_over_contiguous_step_inputs_equal_to_local_ones
         np.testing.assert_array_equal(ours[local_order], theirs[order])
 
 
-def test_tensor_blocks_leave_the_read_task_whole_at_ray_datas_target_size(ray_session, synthetic_dir):
-    """Each block a single chunk of `tensor_block_rows` videos (the file's last fewer), so no
-    consumer pays for joining chunks; the videos all there, in file order."""
-    import ray
-
-    from raytrain8m.data.datasource import read_dataset, tensor_block_rows
-
-    path = str(sorted(synthetic_dir.glob("train*.tfrecord"))[0])
-    ids = [i for b in iter_batches(path, 64) for i in b["id"]]
-    context = ray.data.DataContext.get_current()
-    saved = context.target_max_block_size
-    context.target_max_block_size = 5 * (12 * FEATURE_SIZE + CLASSES + 4) - 1  # just under 5 videos
-    try:
-        rows = tensor_block_rows(CLASSES, 12)
-        dataset = read_dataset(path, num_classes=CLASSES, max_frames=12, layout="tensors")
-        blocks = [ray.get(entry.ref) for bundle in dataset.iter_internal_ref_bundles() for entry in bundle.blocks]
-    finally:
-        context.target_max_block_size = saved
-    assert rows == 5 and len(ids) > 2 * rows
-    assert [block.num_rows for block in blocks] == [min(rows, len(ids) - start) for start in range(0, len(ids), rows)]
-    assert all(column.num_chunks == 1 for block in blocks for column in block.columns)
-    assert [i for block in blocks for i in block.column("id").to_pylist()] == ids
-
-
 def test_shuffling_covers_every_record_once_per_epoch_the_same_way_for_a_seed(ray_session, synthetic_dir):
     """Ray Data's blocks in file order (reshuffled each epoch) through the worker's own buffer."""
     from raytrain8m.data.datasource import read_dataset

@@ -19,7 +19,7 @@ from ray.data.datasource import FileBasedDatasource
 
 from raytrain8m.data.examples import FRAME_SCHEMA, VIDEO_SCHEMA, decode_rows, rows_to_batch, rows_to_step_arrays
 from raytrain8m.data.files import expand
-from raytrain8m.data.schema import FEATURE_SIZE, MAX_FRAMES
+from raytrain8m.data.schema import MAX_FRAMES
 from raytrain8m.data.tfrecord import ReadStats, iter_framed
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,7 @@ class YouTube8MDatasource(FileBasedDatasource):
 
     def __init__(self, paths: str | list[str], num_classes: int | None = None,
                  video_level: bool = False, skip_corrupt: bool = False,
-                 max_frames: int = MAX_FRAMES, records_per_block: int | None = None, skip_counter=None,
+                 max_frames: int = MAX_FRAMES, records_per_block: int = 256, skip_counter=None,
                  layout: str = "rows", ids: bool = True, **file_based_args):
         if layout not in LAYOUTS:
             raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
@@ -60,8 +60,7 @@ class YouTube8MDatasource(FileBasedDatasource):
         self._video_level = video_level
         self._skip_corrupt = skip_corrupt
         self._max_frames = max_frames
-        self._records_per_block = records_per_block or (
-            tensor_block_rows(num_classes, max_frames) if layout == "tensors" else 256)
+        self._records_per_block = records_per_block
         self._skip_counter = skip_counter  # a SkipCounter actor, or None
 
     def _read_stream(self, f: pa.NativeFile, path: str) -> Iterator[pa.Table]:
@@ -96,19 +95,6 @@ class YouTube8MDatasource(FileBasedDatasource):
 
 
 LAYOUTS = ("rows", "tensors")
-
-
-def tensor_block_rows(num_classes: int, max_frames: int) -> int:
-    """Videos per `layout="tensors"` block: just over Ray Data's target block size (the current
-    `DataContext.target_max_block_size`), so that each block leaves the read task as it was
-    made. Ray Data holds a smaller block back until the next one joins it
-    and hands the pair on as one two-chunk table, which every consumer then copies into one
-    array (measured: 0.11 vs 0.06 ms of the consuming process's CPU a video at 300 frames)."""
-    target_bytes = ray.data.DataContext.get_current().target_max_block_size
-    if not target_bytes:  # block shaping off: blocks go through as they are
-        return 256
-    row_bytes = max_frames * FEATURE_SIZE + num_classes + 4  # frames, labels, num_frames
-    return max(1, target_bytes // row_bytes + 1)
 
 
 def read_dataset(glob_or_paths: str | Sequence[str], num_classes: int | None = None,
