@@ -104,6 +104,42 @@ def test_the_xla_step_trains_like_the_plain_one():
     assert losses[0][2] < losses[0][0]
 
 
+def test_the_fused_adam_runs_one_kernel_a_weight_and_updates_as_keras_adam(monkeypatch):
+    """make_optimizer's Adam is TF's fused ResourceApplyAdam (Keras 3's element-wise update was a
+    third of the step: bench/train_step.py); weights and moments after three steps are what
+    Keras's own Adam gives, to float rounding."""
+    import keras
+    import tensorflow as tf
+
+    from raytrain8m.models import MODELS
+    from raytrain8m.runtime import compat
+    from raytrain8m.train import loop
+
+    rng = np.random.default_rng(0)
+    inputs = (rng.integers(0, 256, (8, 10, 1152), dtype=np.uint8), rng.integers(1, 11, 8).astype(np.int32),
+              (rng.random((8, CLASSES)) < 0.2).astype(np.uint8))
+    config = TrainConfig(model=TINY, batch_size=8, max_frames=10, learning_rate=1e-2)
+    results = []
+    for fused in (True, False):
+        if not fused:
+            monkeypatch.setattr(loop, "PreReducedAdam", compat.without_gradient_sum(keras.optimizers.Adam))
+        model = MODELS["gated_netvlad"](TINY, seed=0)
+        optimizer = loop.make_optimizer(config)
+        trainable = [variable for variable in model.variables.values() if variable.trainable]
+        optimizer.build(trainable)
+        step = loop.make_train_step(model, optimizer, tf.distribute.get_strategy(), config)
+        for _ in range(3):
+            step(*inputs)
+        graph = step.get_concrete_function().graph.as_graph_def()
+        nodes = [*graph.node, *(node for nested in graph.library.function for node in nested.node_def)]
+        results.append((loop.snapshot(model, optimizer), sum(node.op == "ResourceApplyAdam" for node in nodes)))
+    (fused, fused_kernels), (reference, reference_kernels) = results
+    assert (fused_kernels, reference_kernels) == (len(trainable), 0)
+    assert sorted(fused) == sorted(reference) and any("velocity" in name for name in fused)
+    for name, value in reference.items():
+        np.testing.assert_allclose(fused[name], value, rtol=1e-4, atol=1e-5, err_msg=name)
+
+
 # --- slow: processes of their own ------------------------------------------------------------
 
 def _free_port() -> int:

@@ -40,6 +40,7 @@ from raytrain8m.runtime.errors import TrainingError
 from raytrain8m.runtime.gpus import visible_gpus
 from raytrain8m.runtime.lazy import tensorflow as tf
 from raytrain8m.train import mixed_precision
+from raytrain8m.train.adam import FusedAdam
 from raytrain8m.train.config import TrainConfig
 from raytrain8m.train.failures import own_error, write_error_record
 from raytrain8m.train.prefetch import Prefetcher, batches
@@ -69,7 +70,7 @@ class StaircaseDecay(keras.optimizers.schedules.LearningRateSchedule):
 # Adam fed gradients that the step has already all-reduced (mean) and clipped: Keras 3 sums
 # gradients across replicas before applying them and clips before that sum, per replica; the
 # paper's code clips the combined gradient. Skipping Keras's sum keeps one all-reduce a step.
-PreReducedAdam = compat.without_gradient_sum(keras.optimizers.Adam)
+PreReducedAdam = compat.without_gradient_sum(FusedAdam)
 
 
 def make_optimizer(config: TrainConfig) -> keras.optimizers.Optimizer:
