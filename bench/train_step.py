@@ -21,6 +21,8 @@ Train run (jobs/train.py's path: `fit` on official-format shards) keeps of it. L
   (`bare_examples_per_s_before_after`): this machine's speed drifts by ~10% over minutes.
 - `ray_cpu_cores`: the cores each kind of process used during the run's timed windows (the
   training worker, Ray Data's read tasks and coordinator, Ray's other processes, `idle`).
+- `spilled_mib`: what the object store spilled to disk during the run (Ray's memory summary);
+  anything above 0 means blocks outgrew the store and the run paid to write and read them back.
 - `startup_s`: the run's wall time (from before `ray.init`) minus its steps at the steady rate.
 """
 from __future__ import annotations
@@ -30,6 +32,7 @@ import json
 import logging
 import math
 import os
+import re
 import sys
 import tempfile
 import time
@@ -172,6 +175,7 @@ def ray_run(config, args: argparse.Namespace, tmp: str) -> dict:
         result = fit(config)
         wall = time.perf_counter() - start
         history = tracking.client(config.tracking_uri).get_metric_history(result.mlflow_run_id, "examples_per_sec")
+        spilled = spilled_mib()
     finally:
         ray.shutdown()
         sampler.stop()
@@ -181,7 +185,16 @@ def ray_run(config, args: argparse.Namespace, tmp: str) -> dict:
     # The timed windows' ends as logged, but the last: it is logged after the final evaluation.
     steady = [metric.timestamp / 1000 for metric in history if metric.step >= args.warmup][:-1]
     return {"ray_examples_per_s": rate, "startup_s": wall - steps * config.batch_size / rate,
-            "ray_wall_s": wall, "ray_steps": steps, "ray_cpu_cores": sampler.cores(steady[0], steady[-1])}
+            "ray_wall_s": wall, "ray_steps": steps, "ray_cpu_cores": sampler.cores(steady[0], steady[-1]),
+            "spilled_mib": spilled}
+
+
+def spilled_mib() -> int:
+    """MiB the object store spilled to disk so far in this Ray session (Ray's memory summary)."""
+    from ray._private.internal_api import memory_summary
+
+    found = re.search(r"Spilled (\d+) MiB", memory_summary(stats_only=True))
+    return int(found.group(1)) if found else 0
 
 
 def main() -> int:
