@@ -110,10 +110,15 @@ class DynamicLossScale(NoLossScale):
                 "rate or train with --mixed-precision bf16 or off")
 
 
-def matmul_dtypes(function) -> list[str]:
-    """The dtypes the matrix products of a traced `tf.function` (a ConcreteFunction) run in, its
-    nested functions (an XLA-compiled part) included: what really ran, not what was asked for."""
+def traced_ops(function) -> list:
+    """The ops (NodeDefs) of a traced `tf.function` (a ConcreteFunction), those of its nested
+    functions (an XLA-compiled part, a strategy's replica function) included."""
     graph = function.graph.as_graph_def()
-    nodes = [*graph.node, *(node for nested in graph.library.function for node in nested.node_def)]
-    return sorted({tf.as_dtype(node.attr[key].type).name for node in nodes if node.op in MATMUL_OPS
+    return [*graph.node, *(node for nested in graph.library.function for node in nested.node_def)]
+
+
+def matmul_dtypes(function) -> list[str]:
+    """The dtypes the matrix products of a traced `tf.function` (a ConcreteFunction) run in
+    (`traced_ops`): what really ran, not what was asked for."""
+    return sorted({tf.as_dtype(node.attr[key].type).name for node in traced_ops(function) if node.op in MATMUL_OPS
                    for key in ("T", "Ta", "Tb") if key in node.attr})
