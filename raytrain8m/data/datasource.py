@@ -99,8 +99,7 @@ LAYOUTS = ("rows", "tensors")
 
 def read_dataset(glob_or_paths: str | Sequence[str], num_classes: int | None = None,
                  skip_corrupt: bool = False, video_level: bool = False,
-                 max_frames: int = MAX_FRAMES, shuffle_files: bool = False,
-                 override_num_blocks: int | None = None, skip_counter=None, layout: str = "rows",
+                 max_frames: int = MAX_FRAMES, shuffle_files: bool = False, skip_counter=None, layout: str = "rows",
                  ids: bool = True, seed: int | None = None, task_per_file: bool = False,
                  **file_based_args) -> ray.data.Dataset:
     """A Ray Dataset of the videos in `glob_or_paths` (local, gs://, s3://, file:// or a
@@ -111,10 +110,8 @@ def read_dataset(glob_or_paths: str | Sequence[str], num_classes: int | None = N
     `skip_corrupt`, a `SkipCounter` actor as `skip_counter` collects what was left out.
     `task_per_file`: one read task per file, as on the real set (3,844 files); with fewer files
     than its default parallelism, Ray Data would split each file's blocks into many small ones,
-    each with its own bookkeeping."""
+    each with its own bookkeeping. Otherwise Ray Data chooses the number of read tasks."""
     filesystem, paths = expand(glob_or_paths)
-    if task_per_file:
-        override_num_blocks = len(paths)
     if shuffle_files:
         file_based_args.setdefault("shuffle", "files" if seed is None else ray.data.FileShuffleConfig(
             seed=seed, reseed_after_execution=True))
@@ -122,7 +119,7 @@ def read_dataset(glob_or_paths: str | Sequence[str], num_classes: int | None = N
                                  skip_corrupt=skip_corrupt, max_frames=max_frames, layout=layout, ids=ids,
                                  skip_counter=skip_counter,
                                  filesystem=filesystem, **file_based_args)
-    return ray.data.read_datasource(source, override_num_blocks=override_num_blocks)
+    return ray.data.read_datasource(source, override_num_blocks=len(paths) if task_per_file else None)
 
 
 def to_parquet(dataset_or_glob: ray.data.Dataset | str | Sequence[str], out_dir: str,
