@@ -98,11 +98,11 @@ def tf_data(glob: str, args: argparse.Namespace) -> float:
 def _long_epoch(glob: str, out: Path, min_videos: int) -> tuple[str, int, int]:
     """(a glob of the shards of `glob` linked under `out` as many times as an epoch of at least
     `min_videos` takes, the videos in that epoch, the number of times)."""
-    from raytrain8m.data import iter_batches
+    from raytrain8m.data import read_records
     from raytrain8m.data.files import expand
 
-    _, files = expand(glob)
-    videos = sum(len(b["num_frames"]) for b in iter_batches(files, 256))
+    filesystem, files = expand(glob)
+    videos = sum(1 for path in files for _ in read_records(path, filesystem))  # framing and CRCs, no decode
     copies = max(1, -(-min_videos // videos))
     if copies == 1:
         return glob, videos, 1
