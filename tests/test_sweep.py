@@ -368,6 +368,10 @@ def test_sweep_driver_killed_then_resumed_finishes_only_the_unfinished_trials(sy
     assert all((out / TRAIN_DIR / model / TRIAL_JSON).is_file() for model in models)
     zoo = load_zoo(out / "zoo.json")
     assert sorted(model.name for model in [*zoo.models, *zoo.eliminated]) == sorted([*models, student])
+    # the zoo rebuilt with the student evaluated only the student's: the rest were read back
+    builds = re.findall(r"select\.zoo: zoo scoring: \d+ checkpoint scores from training, "
+                        r"(?:(\d+) from an earlier scoring, )?(\d+) evaluations", log_path.read_text())
+    assert len(builds) == 2 and int(builds[1][0] or 0) == int(builds[0][1]) > 0, builds
     teacher = json.loads((out / TEACHER_DIR / "ensemble.json").read_text())
     assert {member["name"] for member in teacher["members"]} <= set(models)
     student_config = read_state(list_checkpoints(out / STUDENTS_DIR / TRAIN_DIR / student)[-1])["train_config"]

@@ -134,3 +134,42 @@ def test_the_ema_weights_are_one_more_candidate_and_win_when_they_score_best(syn
     assert "EMA GAP" in zoo.table() and f"{model.ema_gap:.4f}" in zoo.table()
     reloaded = load_zoo(tmp_path / "zoo" / "zoo.json").models[0]
     assert reloaded.checkpoint == model.checkpoint
+
+
+def test_a_zoo_built_again_in_the_same_place_reads_its_earlier_scores_until_a_file_changes(synthetic_dir, tmp_path):
+    """The distill stage rebuilds a sweep's zoo to add its students: the evaluations of the first
+    build (singles, averaged ranges, report GAPs) are read from `scores.json`, keyed by content,
+    so a checkpoint or data file rewritten at the same path is evaluated again."""
+    import os
+    import shutil
+
+    from raytrain8m.select.scoring import SCORES_JSON, Evaluation, ScoreCache, evaluate_one
+    from raytrain8m.select.zoo import build_zoo
+
+    from _ensemble_helpers import random_checkpoint, tiny_config
+
+    config, run = tiny_config(4, 16), tmp_path / "run"
+    for step, seed in ((10, 1), (20, 2), (30, 3)):
+        random_checkpoint(run / f"checkpoint_{step:08d}", config, seed=seed, step=step)
+    choose, report = (str(shutil.copy2(synthetic_dir / f"validate000{i}.tfrecord", tmp_path)) for i in (0, 1))
+
+    def build():
+        return build_zoo([run], [choose], tmp_path / "zoo", report_data=[report], parallel=False)
+
+    first = build()
+    assert first.timing["evaluations"] > 3 and first.timing["from_earlier"] == 0
+    assert (tmp_path / "zoo" / SCORES_JSON).is_file()
+    again = build()  # nothing changed: nothing evaluated, the same choices and GAPs
+    assert (again.timing["evaluations"], again.timing["from_earlier"]) == (0, first.timing["evaluations"])
+    assert again.table() == first.table() and again.models[0].report_gap == first.models[0].report_gap
+
+    random_checkpoint(run / "checkpoint_00000020", config, seed=4, step=20)  # other weights, same path
+    changed = build()
+    assert 0 < changed.timing["evaluations"] < first.timing["evaluations"]
+    rewritten = Evaluation(config.name, (str(run / "checkpoint_00000020"),), (choose,))
+    cache = ScoreCache(tmp_path / "zoo" / SCORES_JSON)
+    assert cache.get(cache.key(rewritten))["gap"] == pytest.approx(evaluate_one(rewritten)["gap"], abs=1e-6)
+
+    for path in (choose, report):  # rewritten data (a newer modification time): all evaluated again
+        os.utime(path, ns=(os.stat(path).st_atime_ns, os.stat(path).st_mtime_ns + 10**9))
+    assert build().timing["from_earlier"] == 0 < changed.timing["from_earlier"]

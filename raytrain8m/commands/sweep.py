@@ -154,7 +154,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"\n{len(result.completed)}/{len(result.trials)} trials in {result.wall_s:.0f} s; "
           f"zoo: {zoo.path}")
     timing = zoo.timing or {}
-    print(f"zoo scoring: {timing.get('from_training', 0)} checkpoint scores from training, "
+    earlier = f"{timing['from_earlier']} from an earlier scoring, " if timing.get("from_earlier") else ""
+    print(f"zoo scoring: {timing.get('from_training', 0)} checkpoint scores from training, {earlier}"
           f"{timing.get('evaluations', 0)} evaluations, {timing.get('evaluation_s', 0):.0f} s of "
           f"evaluation in {timing.get('wall_s', 0):.0f} s wall")
     return 1 if failed else 0

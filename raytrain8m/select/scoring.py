@@ -13,17 +13,28 @@ run's `choose` files (its split.json) and records the metrics in the checkpoint'
 score instead of evaluating the checkpoint again when the key matches (the same content, the
 whole files), so it evaluates only what training could not: averaged ranges, EMA weights and
 the report files.
+
+The zoo keeps every evaluation it ran in `<out>/scores.json` (`ScoreCache`), keyed by the
+content identity of the checkpoints' files and of the data, and reads it when it is built
+again in the same place: the distill stage rebuilds the zoo of a whole sweep to add its
+students, and on the real set each evaluation of the validate holdout takes minutes, so only
+the students' are run. A checkpoint or data file rewritten since gives another key.
 """
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import logging
+import os
 import time
+from pathlib import Path
 from typing import Sequence
 
 log = logging.getLogger(__name__)
 
 GPU_FRACTION = 0.25  # an evaluation's share of a GPU: a forward pass of batch 256 needs little
+SCORES_JSON = "scores.json"  # in the zoo's out: every evaluation it ran, keyed by what it read
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,6 +87,63 @@ def score(evaluations: Sequence[Evaluation], parallel: bool = True) -> list[dict
     return [evaluate_one(evaluation) for evaluation in evaluations]
 
 
+def checkpoint_identity(directory: str | os.PathLike) -> list[dict]:
+    """What evaluating a checkpoint reads: its config and weight files, each by
+    `files.file_identity` (state.json is left out: training adds its scores to it)."""
+    import pyarrow.fs as pafs
+
+    from raytrain8m.data.files import file_identity
+    from raytrain8m.records.checkpoint import STATE_JSON
+
+    filesystem = pafs.LocalFileSystem()
+    files = sorted(path for path in Path(directory).iterdir() if path.is_file() and path.name != STATE_JSON)
+    return [{"name": path.name, **file_identity(filesystem, str(path))} for path in files]
+
+
+class ScoreCache:
+    """The evaluations a zoo ran in its out directory (`SCORES_JSON`): each one's metrics under a
+    key of the content identities of its checkpoints (in order: an average's members) and of
+    its data (`holdout.data_key`, with its batch limit). Written whole after each round."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self._scores = self._load()
+        self._data_keys: dict[tuple, str] = {}
+
+    def _load(self) -> dict[str, dict]:
+        if not self.path.is_file():
+            return {}
+        try:
+            scores = json.loads(self.path.read_text())
+        except (OSError, ValueError) as error:
+            log.warning("%s: unreadable (%s); its scores are measured again", self.path, error)
+            return {}
+        return scores if isinstance(scores, dict) else {}
+
+    def key(self, evaluation: Evaluation) -> str:
+        from raytrain8m.records.holdout import data_key
+
+        data = (evaluation.data, evaluation.max_batches)
+        if data not in self._data_keys:  # a glob of 3,844 files is read once, not per evaluation
+            self._data_keys[data] = data_key(list(evaluation.data), evaluation.max_batches)
+        text = json.dumps({"checkpoints": [checkpoint_identity(path) for path in evaluation.paths],
+                           "data": self._data_keys[data]}, sort_keys=True)
+        return hashlib.sha1(text.encode()).hexdigest()
+
+    def get(self, key: str) -> dict | None:
+        score = self._scores.get(key)
+        return dict(score) if isinstance(score, dict) and "gap" in score else None
+
+    def put(self, key: str, metrics: dict) -> None:
+        self._scores[key] = metrics
+
+    def save(self) -> None:
+        from raytrain8m.runtime import atomic
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        atomic.write_json(self.path, self._scores, sort_keys=True)
+
+
 @dataclasses.dataclass
 class Timing:
     """The zoo's scoring: its wall time against the sum of its evaluations' times."""
@@ -84,6 +152,7 @@ class Timing:
     evaluation_s: float = 0.0
     wall_s: float = 0.0
     from_training: int = 0  # checkpoint scores read from their state.json instead of evaluated
+    from_earlier: int = 0   # scores read from an earlier build's ScoreCache instead of evaluated
 
     def add(self, results: Sequence[dict], wall_s: float) -> None:
         self.evaluations += len(results)
@@ -92,15 +161,29 @@ class Timing:
 
     def describe(self) -> str:
         speedup = self.evaluation_s / self.wall_s if self.wall_s else 0.0
-        return (f"{self.from_training} checkpoint scores from training, {self.evaluations} evaluations: "
+        earlier = f"{self.from_earlier} from an earlier scoring, " if self.from_earlier else ""
+        return (f"{self.from_training} checkpoint scores from training, {earlier}{self.evaluations} evaluations: "
                 f"{self.evaluation_s:.1f} s of evaluation in {self.wall_s:.1f} s wall ({speedup:.1f}x)")
 
     def to_dict(self) -> dict:
         return {**dataclasses.asdict(self), "speedup": self.evaluation_s / self.wall_s if self.wall_s else 0.0}
 
 
-def timed_score(evaluations: Sequence[Evaluation], timing: Timing, parallel: bool = True) -> list[dict]:
+def timed_score(evaluations: Sequence[Evaluation], timing: Timing, parallel: bool = True,
+                cache: ScoreCache | None = None) -> list[dict]:
+    """`score`, timed into `timing`; with a `cache`, what it holds is read, not evaluated, and
+    what is evaluated is added to it."""
+    keys = [cache.key(evaluation) for evaluation in evaluations] if cache else [None] * len(evaluations)
+    known = [cache.get(key) if cache else None for key in keys]
+    todo = [index for index, metrics in enumerate(known) if metrics is None]
     started = time.perf_counter()
-    results = score(evaluations, parallel)
+    results = score([evaluations[index] for index in todo], parallel)
     timing.add(results, time.perf_counter() - started)
-    return results
+    timing.from_earlier += len(evaluations) - len(todo)
+    for index, result in zip(todo, results):
+        known[index] = result
+        if cache:
+            cache.put(keys[index], result)
+    if cache and todo:
+        cache.save()
+    return known

@@ -250,7 +250,8 @@ def build_zoo(run_dirs: Iterable[str | os.PathLike], validate_data: str | Sequen
     `pareto.png`. The choices are made on `validate_data`; with `report_data` (the other half
     of the holdout) each model's choice is scored there too (`report_gap`). `split` says which
     files these are, in zoo.json and the table. A checkpoint's score that training recorded on
-    these same files is read, not recomputed (`recorded=False` evaluates every checkpoint again).
+    these same files is read, not recomputed, and so is any evaluation an earlier build in `out`
+    ran on the same content (`out/scores.json`); `recorded=False` evaluates everything again.
     Evaluations run as Ray tasks, many at once, when `parallel` and Ray is up (`raytrain8m.select.scoring`)."""
     from raytrain8m.data.files import expand
     from raytrain8m.models import size_mib
@@ -259,7 +260,7 @@ def build_zoo(run_dirs: Iterable[str | os.PathLike], validate_data: str | Sequen
     from raytrain8m.records.holdout import data_key
     from raytrain8m.select.average import average as write_average
     from raytrain8m.select.average import candidate_ranges
-    from raytrain8m.select.scoring import Evaluation, Timing, timed_score
+    from raytrain8m.select.scoring import SCORES_JSON, Evaluation, ScoreCache, Timing, timed_score
 
     out = Path(out)
     if interval < 1:
@@ -267,6 +268,7 @@ def build_zoo(run_dirs: Iterable[str | os.PathLike], validate_data: str | Sequen
     choose = _data_list(validate_data)
     expand(choose)  # a missing file fails here, not in a task
     timing = Timing()
+    cache = ScoreCache(out / SCORES_JSON) if recorded else None
     models = []
     for run_dir in map(Path, run_dirs):
         checkpoints = list_checkpoints(run_dir)
@@ -284,7 +286,7 @@ def build_zoo(run_dirs: Iterable[str | os.PathLike], validate_data: str | Sequen
     missing = [single for single in singles if known.get(single) is None]
     results = dict(zip(missing, timed_score([Evaluation(models[number][1].name, (str(models[number][2][index]),),
                                                         tuple(choose), eval_batches) for number, index in missing],
-                                            timing, parallel)))
+                                            timing, parallel, cache)))
     timing.from_training += len(singles) - len(missing)
     scored: dict[int, list[dict]] = {number: [] for number in range(len(models))}
     for number, index in singles:
@@ -302,13 +304,14 @@ def build_zoo(run_dirs: Iterable[str | os.PathLike], validate_data: str | Sequen
                 best = max(scored[number], key=lambda row: row["gap"])
                 ranges += [(number, start, end) for start, end in candidate_ranges(len(checkpoints), best["index"])]
     results = timed_score([Evaluation(models[number][1].name, tuple(str(p) for p in models[number][2][start:end + 1]),
-                                      tuple(choose), eval_batches) for number, start, end in ranges], timing, parallel)
+                                      tuple(choose), eval_batches) for number, start, end in ranges],
+                          timing, parallel, cache)
     averaged: dict[int, tuple[float, int, int]] = {}
     for (number, start, end), result in zip(ranges, results):
         if number not in averaged or result["gap"] > averaged[number][0]:
             averaged[number] = (float(result["gap"]), start, end)
 
-    entries = []
+    entries, sources = [], {}  # sources: an averaged checkpoint's members, which its scores are keyed by
     for number, (run_dir, config, checkpoints) in enumerate(models):
         best = max(scored[number], key=lambda row: row["gap"])
         entry = ZooEntry(name=config.name, cluster_size=config.cluster_size, hidden_size=config.hidden_size,
@@ -323,14 +326,18 @@ def build_zoo(run_dirs: Iterable[str | os.PathLike], validate_data: str | Sequen
             entry.averaged_checkpoint = str(write_average(members, out / "averaged" / config.name, state={
                 "best_single_gap": best["gap"], "best_single_step": best["step"],
                 "best_single_checkpoint": best["checkpoint"], "averaged_gap": gap}))
+            sources[entry.averaged_checkpoint] = tuple(str(path) for path in members)
         score_ema(entry, checkpoints, choose, out, eval_batches)
         entries.append(entry)
 
     # 3. each model's choice on the report files, at once
     report = _data_list(report_data) if report_data is not None else None
     if report is not None:
-        results = timed_score([Evaluation(entry.name, (entry.checkpoint,), tuple(report), eval_batches)
-                               for entry in entries], timing, parallel)
+        # an averaged choice as the mean of its members: the same tensors as the checkpoint
+        # written above, and the same key in a later build, which writes that checkpoint anew
+        results = timed_score([Evaluation(entry.name, sources.get(entry.checkpoint, (entry.checkpoint,)),
+                                          tuple(report), eval_batches) for entry in entries],
+                              timing, parallel, cache)
         for entry, result in zip(entries, results):
             entry.report_gap = float(result["gap"])
     log.info("zoo scoring: %s", timing.describe())
