@@ -110,3 +110,22 @@ def test_tensorflow_loads_with_scikit_learn_and_pandas_hidden_and_both_import_af
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.splitlines()[-1] == "[] sklearn pandas"
+
+
+def test_without_a_state_api_the_trainer_leaves_out_only_the_placement_group_cleaner(monkeypatch):
+    """Ray Train's PlacementGroupCleaner polls the State API each second; a local Ray without its
+    dashboard serves none, so there the trainer runs without it, and with every other callback."""
+    from ray.train import ScalingConfig
+
+    from raytrain8m.runtime import settings
+
+    trainer = compat.DataParallelTrainer(lambda: None, backend_config=compat.TensorflowBackendConfig(),
+                                         scaling_config=ScalingConfig(num_workers=1))
+
+    def callbacks(no_state_api: str) -> list[str]:
+        monkeypatch.setenv(settings.NO_STATE_API, no_state_api)
+        return [type(callback).__name__ for callback in trainer._create_default_callbacks()]
+
+    served, unserved = callbacks("0"), callbacks("1")
+    assert compat.PlacementGroupCleanerCallback.__name__ in served
+    assert unserved == [name for name in served if name != compat.PlacementGroupCleanerCallback.__name__]

@@ -15,6 +15,8 @@ the docstring says it raises.
 - `filter_raylet_messages`: drop known raylet chatter on the driver's console.
 - `without_gradient_sum`: a Keras 3 optimizer that applies already all-reduced gradients.
 - `pace_data_scheduling`: Ray Data's scheduling loop, which spins while its outputs wait.
+- `DataParallelTrainer`: Train V2's trainer, less its PlacementGroupCleaner where Ray serves no
+  State API.
 """
 from __future__ import annotations
 
@@ -32,7 +34,14 @@ from ray.train.backend import Backend  # developer API
 
 # Train V2's trainer, which `ray.train.tensorflow.TensorflowTrainer` extends: imported from
 # `ray.train.v2.api` so that TensorFlow is not.
-from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
+from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer as _DataParallelTrainer
+
+from raytrain8m.runtime import settings
+
+try:  # Train V2's watchdog of a run's placement group (`DataParallelTrainer`)
+    from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
+except ImportError:
+    PlacementGroupCleanerCallback = None
 
 try:  # Ray Data's execution callbacks (`pace_data_scheduling`); already imported by ray.train
     from ray.data._internal.execution.execution_callback import ExecutionCallback
@@ -43,6 +52,20 @@ log = logging.getLogger(__name__)
 
 KERAS_GRADIENT_SUM = "_all_reduce_sum_gradients"  # Keras 3's TF backend: sums across replicas
 CHECKPOINT_SNAPSHOT = "checkpoint_manager_snapshot.json"  # Train V2: the checkpoints it registered
+
+
+class DataParallelTrainer(_DataParallelTrainer):
+    """Train V2's trainer; where Ray serves no State API (`settings.state_api`: a local Ray
+    without its dashboard) it runs without its PlacementGroupCleaner. That cleaner is a
+    detached actor, so one more process start on every run's start-up path, which asks the
+    State API each second whether the controller still lives, to remove the run's placement
+    group if it died. Without the API it can only fail, logging so, each second of the run."""
+
+    def _create_default_callbacks(self) -> list:
+        callbacks = super()._create_default_callbacks()
+        if settings.state_api() or PlacementGroupCleanerCallback is None:
+            return callbacks
+        return [callback for callback in callbacks if not isinstance(callback, PlacementGroupCleanerCallback)]
 
 
 def _worker_address() -> str:

@@ -263,10 +263,14 @@ def start(num_cpus: int | None = None, num_gpus: int | None = None, verbose: boo
     quiet_process(verbose)
     options: dict[str, Any] = {"logging_level": logging.INFO if verbose else logging.ERROR, **init_options}
     if address == "local":
+        local_env = {key: value for key, value in LOCAL_TRAIN_ENV.items() if key not in os.environ}
+        if not settings.ray_dashboard():  # and so no State API (compat.DataParallelTrainer)
+            local_env[settings.NO_STATE_API] = os.environ[settings.NO_STATE_API] = "1"
+        else:
+            os.environ.pop(settings.NO_STATE_API, None)
         options = {"address": "local", "num_cpus": num_cpus, "num_gpus": num_gpus,
                    "_node_ip_address": LOOPBACK, "include_dashboard": settings.ray_dashboard(),
-                   "dashboard_host": LOOPBACK, "runtime_env": {"env_vars": {
-                       **{key: value for key, value in LOCAL_TRAIN_ENV.items() if key not in os.environ}, **env}},
+                   "dashboard_host": LOOPBACK, "runtime_env": {"env_vars": {**local_env, **env}},
                    **options}
     else:
         # Ray refuses a driver runtime env that sets a variable the job's runtime env sets too.

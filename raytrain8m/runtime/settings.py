@@ -64,6 +64,15 @@ def verbose() -> bool:
     return os.environ.get("RAYTRAIN8M_VERBOSE", "").strip() not in ("", "0")
 
 
+NO_STATE_API = "RAYTRAIN8M_NO_STATE_API"  # set by `localray.start` for a local Ray without its dashboard
+
+
+def state_api() -> bool:
+    """Whether Ray's State API is served: not by a local Ray that `localray.start` started
+    without its dashboard (it sets NO_STATE_API for the driver and every Ray worker)."""
+    return os.environ.get(NO_STATE_API, "").strip() in ("", "0")
+
+
 def ray_dashboard() -> bool:
     """Whether a local Ray starts its dashboard (on 127.0.0.1 only)."""
     return os.environ.get("RAYTRAIN8M_RAY_DASHBOARD", "").strip() not in ("", "0")
