@@ -148,6 +148,7 @@ def ray_run(config, args: argparse.Namespace, tmp: str) -> dict:
 
     from raytrain8m.data import generate
     from raytrain8m.records import tracking
+    from raytrain8m.runtime import localray
     from raytrain8m.train.driver import fit
 
     data = Path(tmp) / "data"
@@ -169,8 +170,9 @@ def ray_run(config, args: argparse.Namespace, tmp: str) -> dict:
     # step with the steps, as the real 1.4 TB set does on any node. With `--object-store-mib 0`
     # (Ray's default, 30% of memory) the store holds this synthetic epoch, Ray Data reads most of
     # it during the warm-up, and the timed windows pay for little reading: a flattering figure.
-    ray.init(address="local", num_cpus=max(os.cpu_count() or 1, 2) + 1, include_dashboard=False,
-             object_store_memory=args.object_store_mib * 2**20 if args.object_store_mib else None)
+    # Ray as every command starts it (`localray.start`: its local settings for Train, quiet).
+    localray.start(num_cpus=max(os.cpu_count() or 1, 2) + 1,
+                   object_store_memory=args.object_store_mib * 2**20 if args.object_store_mib else None)
     try:
         result = fit(config)
         wall = time.perf_counter() - start
