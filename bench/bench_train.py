@@ -2,7 +2,7 @@
 whole Ray Train run on tiny synthetic data. The last line printed is one JSON object.
 
     python bench/bench_train.py --model K16-H256 --classes 3862 --batch-size 80   # 1 worker, the step
-        # 2 CPU cores: ~1 min (13 steps of ~0.4-0.8 s, after building the model)
+        # 2 CPU cores: ~1 min (15 steps of ~0.4-0.8 s, after building the model)
     python bench/bench_train.py --grid paper --classes 3862 --gpu-type T4         # a grid: GPU-hours
         # run it on a node of the GPU type it names (28 models × 13 steps; not timed here: no GPU)
     python bench/bench_train.py --ray-workers 2                                   # tiny 2-worker run
@@ -118,6 +118,7 @@ def bench_ray(args: argparse.Namespace) -> dict:
     from raytrain8m.models import ModelConfig
     from raytrain8m.records import tracking
     from raytrain8m.train.config import TrainConfig
+    from raytrain8m.runtime import localray
     from raytrain8m.train.driver import fit
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -130,7 +131,7 @@ def bench_ray(args: argparse.Namespace) -> dict:
             eval_every=0, eval_batches=1, log_every=args.warmup, num_workers=args.ray_workers,
             max_frames=12, max_failures=0, out=str(Path(tmp) / "out"), run_name="bench",
             tracking_uri=f"sqlite:///{tmp}/mlflow.db")
-        ray.init(address="local", num_cpus=max(os.cpu_count() or 1, args.ray_workers + 2), include_dashboard=False)
+        localray.start(num_cpus=max(os.cpu_count() or 1, args.ray_workers + 2))  # as every command starts Ray
         start = time.perf_counter()
         result = fit(config, resources_per_worker={"CPU": 0.5})
         wall = time.perf_counter() - start
@@ -151,7 +152,8 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=80)
     parser.add_argument("--max-frames", type=int, default=300)
     parser.add_argument("--iterations", type=int, default=300)
-    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=5, help="untimed steps (default: %(default)s; with "
+                                                               "--ray-workers, --steps must be a multiple of it)")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--ray-workers", type=int, default=0, help="N > 0: a tiny Ray Train run on N workers")
     parser.add_argument("--grid", help="time every model of this grid (names, or `paper` for the paper's 28)")
