@@ -1,4 +1,4 @@
-"""Test-set predictions in the Kaggle format, with Ray Data across the cluster's workers.
+"""Test-set predictions in the Kaggle format, with a pool of Ray actors across the cluster.
 
 One input file is one unit of work: a pool of actors (each loads the exported model once,
 on a GPU where asked) turns a file into its CSV rows; the driver writes each file's rows
@@ -11,6 +11,7 @@ workers need no shared filesystem for it.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -97,42 +98,55 @@ def _pack(model_dir: Path, source: str) -> dict[str, bytes]:
 
 
 class FilePredictor:
-    """Ray Data callable class: loads the model once per actor, turns input files into CSV rows."""
+    """A Ray actor that turns one input file at a time into CSV rows.
 
-    def __init__(self, model_ref: list, source: str, batch_size: int, num_classes: int, use_gpu: bool = False,
+    The model comes with each call, as a reference inside a list (passed as is, not fetched),
+    and the first call loads it, as does the first after a restart. Taken by the constructor
+    from the object store, it made Ray log an error for every actor: a restarted actor finds
+    such arguments only while they live (Ray issue 53727); the driver holds this one throughout."""
+
+    def __init__(self, source: str, batch_size: int, num_classes: int, use_gpu: bool = False,
                  skip_corrupt: bool = False):
-        import ray
-
         if use_gpu:
             visible_gpus("infer actor")
-        self.directory = Path(tempfile.mkdtemp(prefix="raytrain8m-model-"))
+        self.source, self.batch_size, self.num_classes = source, batch_size, num_classes
+        self.skip_corrupt = skip_corrupt
+        self.model: Callable | None = None
+
+    def _load(self, model_ref: list) -> Callable:
+        import ray
+
+        directory = Path(tempfile.mkdtemp(prefix="raytrain8m-model-"))
         for relative, payload in ray.get(model_ref[0]).items():
-            target = self.directory / relative
+            target = directory / relative
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(payload)
-        self.predict = load_model(self.directory, source)
-        self.batch_size, self.num_classes, self.skip_corrupt = batch_size, num_classes, skip_corrupt
+        return load_model(directory, self.source)
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        texts, errors, records, videos, skipped = [], [], [], [], []
-        for path in batch["path"]:
-            try:
-                rows, left_out = predict_file(self.predict, str(path), self.batch_size, self.num_classes,
-                                              self.skip_corrupt)
-                texts.append("".join(row + "\n" for row in rows))
-                errors.append("")
-                records.append(-1)
-                videos.append(len(rows))
-                skipped.append(left_out)
-            except DataError as error:  # returned, and raised by the driver naming the file
-                texts.append("")
-                errors.append(error.why)
-                records.append(-1 if error.record is None else error.record)
-                videos.append(0)
-                skipped.append(0)
-        return {"path": np.asarray(batch["path"], dtype=object), "text": np.asarray(texts, dtype=object),
-                "error": np.asarray(errors, dtype=object), "record": np.asarray(records, np.int64),
-                "videos": np.asarray(videos, np.int64), "skipped": np.asarray(skipped, np.int64)}
+    def predict(self, path: str, model_ref: list) -> dict[str, Any]:
+        """{path, text (its CSV rows), error ('' or why), record, videos, skipped} of one file; a
+        DataError is returned, and raised by the driver naming the file."""
+        if self.model is None:
+            self.model = self._load(model_ref)
+        try:
+            rows, skipped = predict_file(self.model, path, self.batch_size, self.num_classes, self.skip_corrupt)
+        except DataError as error:
+            return {"path": path, "text": "", "error": error.why, "videos": 0, "skipped": 0,
+                    "record": -1 if error.record is None else error.record}
+        return {"path": path, "text": "".join(row + "\n" for row in rows), "error": "", "record": -1,
+                "videos": len(rows), "skipped": skipped}
+
+
+@contextlib.contextmanager
+def _killed_at_exit(actors: list):
+    """The actors killed (not restarted) when the block ends, however it ends."""
+    import ray
+
+    try:
+        yield actors
+    finally:
+        for actor in actors:
+            ray.kill(actor, no_restart=True)
 
 
 def _check_gpu_node() -> None:
@@ -238,6 +252,7 @@ def infer(model_dir: str | os.PathLike, data: str | Sequence[str], out: str | os
     `track` logs the run to MLflow (stage `infer`: the model, data and CSV; files, videos, seconds,
     skipped_records). `skip_corrupt` leaves out corrupt records instead of failing the file."""
     import ray
+    from ray.util import ActorPool
     from tqdm import tqdm
 
     from raytrain8m.runtime import localray
@@ -273,19 +288,17 @@ def infer(model_dir: str | os.PathLike, data: str | Sequence[str], out: str | os
             _check_gpu_node()
         available = int(resources.get("GPU", 0)) if use_gpu else max(1, int(resources.get("CPU", 1)) // 2)
         pool = max(1, min(workers or available, len(pending)))
-        context = ray.data.DataContext.get_current()
-        context.enable_progress_bars = False
-        context.print_on_execution_start = False
         model_ref = [ray.put(_pack(model_dir, source))]
-        dataset = ray.data.from_items([{"path": path} for path in pending], override_num_blocks=len(pending))
-        results = dataset.map_batches(
-            FilePredictor, batch_size=1, compute=ray.data.ActorPoolStrategy(size=pool),
-            fn_constructor_kwargs={"model_ref": model_ref, "source": source, "batch_size": batch_size,
-                                   "num_classes": num_classes, "use_gpu": use_gpu, "skip_corrupt": skip_corrupt},
-            num_cpus=1, num_gpus=1 if use_gpu else 0)
+        # a pool of actors, each file a task; a lost actor is restarted and its file tried again
+        predictor = ray.remote(FilePredictor).options(num_cpus=1, num_gpus=1 if use_gpu else 0,
+                                                      max_restarts=-1, max_task_retries=3)
+        actors = [predictor.remote(source, batch_size, num_classes, use_gpu, skip_corrupt) for _ in range(pool)]
+        results = ActorPool(actors).map_unordered(lambda actor, path: actor.predict.remote(path, model_ref),
+                                                  pending)
         errors = []
-        with tqdm(total=len(pending), desc="infer", unit="file", disable=not progress) as bar:
-            for result in results.iter_rows():
+        with tqdm(total=len(pending), desc="infer", unit="file", disable=not progress) as bar, \
+                _killed_at_exit(actors):
+            for result in results:
                 if result["error"]:
                     errors.append(result)
                 else:
