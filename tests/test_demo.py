@@ -123,6 +123,10 @@ def test_tiny_demo_runs_every_stage_and_writes_every_artefact(tmp_path):
                    "RayDeprecationWarning", "PreemptionWatcher", "Traceback", "TrainController",
                    "worker processes have been started", "core_worker.cc", "PlacementGroupCleaner"):
         assert not [line for line in console if marker in line], marker
+    # each trial's own training lines, though the two trials run at once and print alike lines
+    for model in SCALES["tiny"].grid:
+        assert [line for line in console if f"starting {model} at step 0" in line], model
+    assert len([line for line in console if "(100%)" in line]) == len(SCALES["tiny"].grid)
     # ... and the full logs in the run directory: the driver's, and a link to Ray's session logs
     assert "sweep done in" in (out / "demo.log").read_text()
     assert (out / "ray_logs").is_symlink() and (out / "ray_logs" / "raylet.out").is_file()

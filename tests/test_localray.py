@@ -98,3 +98,30 @@ def test_the_run_directory_links_ray_s_session_logs_and_raylet_chatter_is_droppe
         worker.print_worker_logs(batch, sys.stdout, False)
     out = capsys.readouterr().out
     assert "a worker died" in out and "worker processes have been started" not in out
+
+
+def test_two_trials_training_lines_print_as_they_come_and_other_lines_are_still_merged(ray_session):
+    """Ray's driver merges lines of different workers that differ only in numbers and holds them
+    up to 5 s; rank 0's start, progress and validate lines (as `train/loop.py` writes them) pass
+    as they come, one per trial, while other repeated lines are still merged."""
+    from ray._private import ray_logging
+
+    from raytrain8m.train.config import TrainConfig
+    from raytrain8m.train.loop import _progress, _start_line, _validate_line
+
+    config = TrainConfig(max_steps=600)
+    lines = {pid: [_start_line(config, 0, 1), _progress(150, config, loss, rate, 0, 0.0),
+                   _validate_line(150, {"gap": gap, "hit_at_one": 0.5, "perr": 0.4})]
+             for pid, loss, rate, gap in ((101, 4.0979, 1314.0, 0.7719), (102, 3.6064, 1265.0, 0.7611))}
+    deduplicator = ray_logging.LogDeduplicator(5, None, None, _timesource=lambda: 0.0)
+    deduplicator.allow_re = ray_logging.stdout_deduplicator.allow_re  # what localray.start set
+    assert localray.never_deduplicate(localray.PROGRESS_LINES)  # a second call adds nothing
+    assert deduplicator.allow_re.pattern.count(localray.PROGRESS_LINES) == 1
+
+    def printed(pid: int, batch_lines: list[str]) -> list[str]:
+        batch = {"ip": "127.0.0.1", "pid": pid, "lines": batch_lines, "task_name": "", "actor_name": "RayTrainWorker"}
+        return [line for out in deduplicator.deduplicate(batch) for line in out["lines"]]
+
+    assert printed(101, lines[101]) == lines[101] and printed(102, lines[102]) == lines[102]
+    assert printed(101, ["a warning from a worker 1"]) == ["a warning from a worker 1"]
+    assert printed(102, ["a warning from a worker 2"]) == []  # still merged: "[repeated 2x …]" later

@@ -134,6 +134,26 @@ def _filter_forwarded_logs() -> None:
     dispatcher.add_handler("ray_print_logs", filtered)
 
 
+def never_deduplicate(pattern: str) -> bool:
+    """Print the forwarded lines that match `pattern` as they come. Ray's driver otherwise
+    merges lines from different workers that differ only in their numbers ("[repeated 2x
+    across cluster]") and holds each such line up to 5 s: two trials' progress lines showed as
+    one, and a trial's last lines came after the command's summary. False where Ray's
+    deduplicators (private, as the filters above) are missing: lines are then merged as before."""
+    try:
+        from ray._private import ray_logging
+        deduplicators = (ray_logging.stdout_deduplicator, ray_logging.stderr_deduplicator)
+    except (ImportError, AttributeError):
+        return False
+    for deduplicator in deduplicators:
+        if not hasattr(deduplicator, "allow_re"):
+            return False
+        allowed = deduplicator.allow_re
+        if allowed is None or pattern not in allowed.pattern:
+            deduplicator.allow_re = re.compile(pattern if allowed is None else f"{allowed.pattern}|{pattern}")
+    return True
+
+
 def _drop_exit_tracebacks(lines: list[str]) -> list[str]:
     """Leave out the "Exception ignored in … SystemExit" block a worker prints when Ray
     SIGTERMs it at shutdown (one forwarded batch); any other traceback stays."""
@@ -239,6 +259,11 @@ def _loopback_node():
             os.environ[CLUSTER_SWITCH] = previous
 
 
+# Training's own lines on rank 0 (`train/loop.py`: start, progress, validation): each trial's
+# shown as it comes, however alike two trials' lines are (`compat.never_deduplicate`).
+PROGRESS_LINES = r"^(starting|resuming) \S+ at step \d+ of \d+ on |^step \d+(/\d+ \(| +validate gap )"
+
+
 # A local Ray is one machine that nobody preempts: Ray Train's preemption watcher (an actor, so a
 # process start on every run's start-up path) has nothing to watch, and the controller may poll
 # its workers more often than a cluster's 2 s default. Set unless the environment sets them.
@@ -278,6 +303,7 @@ def start(num_cpus: int | None = None, num_gpus: int | None = None, verbose: boo
                    "runtime_env": {"env_vars": {k: v for k, v in env.items() if k not in job_env}}, **options}
     with _loopback_node() if address == "local" else contextlib.nullcontext():
         ray.init(**options)
+    never_deduplicate(PROGRESS_LINES)
     if not verbose:
         _filter_forwarded_logs()
         _filter_error_channel()

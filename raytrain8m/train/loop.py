@@ -288,6 +288,16 @@ def first_non_finite(losses: list) -> int | None:
     return int(bad[0]) if len(bad) else None
 
 
+# Rank 0's console lines (the driver prints each as it comes: localray.PROGRESS_LINES).
+def _start_line(config: TrainConfig, step: int, workers: int) -> str:
+    return (f"{'resuming' if step else 'starting'} {config.model.name} at step {step} of {config.max_steps} "
+            f"on {workers} worker(s), global batch {config.global_batch_size}")
+
+
+def _validate_line(step: int, metrics: dict) -> str:
+    return f"step {step}  validate gap {metrics['gap']:.4f}  hit@1 {metrics['hit_at_one']:.4f}  perr {metrics['perr']:.4f}"
+
+
 def _progress(step: int, config: TrainConfig, loss: float, rate: float, started_step: int,
               started: float) -> str:
     remaining = (config.max_steps - step) / max((step - started_step) / max(time.perf_counter() - started, 1e-9), 1e-9)
@@ -444,9 +454,7 @@ def _train(config: TrainConfig, reading: Iterator[tuple] | None = None) -> None:
     if logger is not None:  # what rank 0 trains on: the MLflow run says whether a GPU was used
         logger.set_tags({"devices": ",".join(name.replace("/physical_device:", "") for name in devices)})
     if rank == 0:
-        log.info("%s %s at step %d of %d on %d worker(s), global batch %d",
-                 "resuming" if step else "starting", config.model.name, step, config.max_steps,
-                 strategy.num_replicas_in_sync, config.global_batch_size)
+        log.info(_start_line(config, step, strategy.num_replicas_in_sync))
 
     evaluator = SnapshotEvaluator(config) if rank == 0 else None
     scorer = HoldoutScorer(config, evaluator) if rank == 0 else None
@@ -495,8 +503,7 @@ def _train(config: TrainConfig, reading: Iterator[tuple] | None = None) -> None:
                 if ema:
                     averaged = {name: tensors.get(EMA_PREFIX + name, value) for name, value in tensors.items()}
                     metrics["ema_gap"] = evaluator.validate(averaged)["gap"]
-                log.info("step %d  validate gap %.4f  hit@1 %.4f  perr %.4f", step, metrics["gap"],
-                         metrics["hit_at_one"], metrics["perr"])
+                log.info(_validate_line(step, metrics))
             scores = scorer.score(tensors) if do_checkpoint else None
             if scores:  # the curve a range of checkpoints to average is picked from
                 metrics["holdout_gap"] = next(iter(scores.values()))["gap"]
