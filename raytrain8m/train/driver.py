@@ -5,6 +5,7 @@ name-keyed weights); starting `fit` again with the same `out` and `run_name` res
 """
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import json
 import logging
@@ -246,16 +247,19 @@ def fit(config: TrainConfig, parent_run_id: str | None = None, tags: Mapping[str
     check_resume(config, resume)
     check_inputs(config)
     (config.run_dir / ERROR_JSON).unlink(missing_ok=True)  # a previous attempt's
-    run_id = _mlflow_run(config, parent_run_id, tags)
-    config = config.replace(mlflow_run_id=run_id)
-    logger = tracking.RunLogger(run_id, config.tracking_uri)
+    # The MLflow run (seconds on a new store, whose tables it creates) is made in a thread while
+    # Ray starts: Ray's start is mostly its own processes starting, MLflow's this process's Python.
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="raytrain8m-mlflow") as pool:
+        tracked = pool.submit(_tracked_run, config, parent_run_id, tags, split)
+        try:
+            _init_ray(config)
+        except BaseException:
+            _end_failed(tracked)
+            raise
+        logger = tracked.result()
+    config = config.replace(mlflow_run_id=logger.run_id)
     skip_counter = None
     try:
-        logger.log_params(config.params())
-        if split is not None:
-            _log_split(split, config, logger)
-        logger.set_tags({"run_dir": str(config.run_dir)})
-        logger.log_sizes(config.model)
         if config.skip_corrupt:
             from raytrain8m.data.datasource import SkipCounter
             _init_ray(config)
@@ -283,7 +287,33 @@ def fit(config: TrainConfig, parent_run_id: str | None = None, tags: Mapping[str
         metrics = {**read_state(checkpoints[-1]).get("metrics", {}), **metrics}
     if skipped is not None:
         metrics["skipped_records"] = skipped
-    return TrainResult(checkpoints, metrics, config.run_dir, run_id, config)
+    return TrainResult(checkpoints, metrics, config.run_dir, logger.run_id, config)
+
+
+def _tracked_run(config: TrainConfig, parent_run_id: str | None, tags: Mapping[str, Any] | None,
+                 split: Split | None) -> tracking.RunLogger:
+    """The run's MLflow run with its params, split, run directory and sizes (ended FAILED if
+    writing the split fails)."""
+    config = config.replace(mlflow_run_id=_mlflow_run(config, parent_run_id, tags))
+    logger = tracking.RunLogger(config.mlflow_run_id, config.tracking_uri)
+    try:
+        logger.log_params(config.params())
+        if split is not None:
+            _log_split(split, config, logger)
+        logger.set_tags({"run_dir": str(config.run_dir)})
+        logger.log_sizes(config.model)
+    except BaseException:
+        logger.end("FAILED")
+        raise
+    return logger
+
+
+def _end_failed(tracked: concurrent.futures.Future) -> None:
+    """End the MLflow run `_tracked_run` made FAILED (nothing to end if it could not make one)."""
+    try:
+        tracked.result().end("FAILED")
+    except Exception as error:
+        log.debug("no MLflow run to end (%s)", error)
 
 
 def _init_ray(config: TrainConfig) -> None:
