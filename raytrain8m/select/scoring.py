@@ -109,6 +109,7 @@ class ScoreCache:
         self.path = Path(path)
         self._scores = self._load()
         self._data_keys: dict[tuple, str] = {}
+        self._checkpoints: dict[str, list[dict]] = {}  # a checkpoint is in many averaged ranges
 
     def _load(self) -> dict[str, dict]:
         if not self.path.is_file():
@@ -126,7 +127,10 @@ class ScoreCache:
         data = (evaluation.data, evaluation.max_batches)
         if data not in self._data_keys:  # a glob of 3,844 files is read once, not per evaluation
             self._data_keys[data] = data_key(list(evaluation.data), evaluation.max_batches)
-        text = json.dumps({"checkpoints": [checkpoint_identity(path) for path in evaluation.paths],
+        for path in evaluation.paths:
+            if path not in self._checkpoints:
+                self._checkpoints[path] = checkpoint_identity(path)
+        text = json.dumps({"checkpoints": [self._checkpoints[path] for path in evaluation.paths],
                            "data": self._data_keys[data]}, sort_keys=True)
         return hashlib.sha1(text.encode()).hexdigest()
 
