@@ -22,8 +22,10 @@ def listeners() -> dict[tuple[str, int], str]:
             process = processes[connection.pid]
             name = process.name()
             if name.startswith("ray::"):  # the kernel's name is cut at 15 characters; the title is not
-                title = (process.cmdline() or [""])[0].split()  # empty while a process exits
-                name = title[0] if title else name
+                title = (process.cmdline() or [""])[0].split()
+                if not title:  # a process exiting (a crashed worker): its name would be the cut
+                    continue   # one; its listener was seen with its title while it lived
+                name = title[0]
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
         found[(connection.laddr.ip, connection.laddr.port)] = name
