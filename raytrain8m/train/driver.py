@@ -170,8 +170,8 @@ def train_dataset(config: TrainConfig, skip_counter=None):
 
 def _trainer(config: TrainConfig, resources_per_worker: Mapping[str, float] | None,
              scaling_options: Mapping[str, Any] | None, skip_counter=None):
-    """Ray (local unless RAY_ADDRESS says otherwise), the train dataset and Ray Train's data-parallel
-    trainer with TensorFlow's multi-worker set-up (`compat.TensorflowBackendConfig`)."""
+    """The train dataset and Ray Train's data-parallel trainer with TensorFlow's multi-worker
+    set-up (`compat.TensorflowBackendConfig`), on the Ray `fit` started."""
     import ray
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
 
@@ -180,7 +180,6 @@ def _trainer(config: TrainConfig, resources_per_worker: Mapping[str, float] | No
     from raytrain8m.train.worker import train_loop_per_worker
 
     failures.install()  # a DataError fails the run at once; faults are still retried
-    _init_ray(config)
     resources = dict(resources_per_worker) if resources_per_worker else None
     _check_cpus_left_for_data(config, resources, ray.cluster_resources().get("CPU", 0))
     dataset, ingest = train_dataset(config, skip_counter)
@@ -262,7 +261,6 @@ def fit(config: TrainConfig, parent_run_id: str | None = None, tags: Mapping[str
     try:
         if config.skip_corrupt:
             from raytrain8m.data.datasource import SkipCounter
-            _init_ray(config)
             skip_counter = SkipCounter.remote()
         trainer = _trainer(config, resources_per_worker, scaling_options, skip_counter)
         log.info("training %s for %d steps on %d worker(s) into %s", config.model.name, config.max_steps,
