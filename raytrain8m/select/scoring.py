@@ -121,17 +121,22 @@ class ScoreCache:
             return {}
         return scores if isinstance(scores, dict) else {}
 
-    def key(self, evaluation: Evaluation) -> str:
+    def data_key(self, data: Sequence[str], max_batches: int | None = None) -> str:
+        """`holdout.data_key`, once per file set and batch limit (3,844 files' identities are
+        read once a build, for training's recorded scores and for every evaluation's key)."""
         from raytrain8m.records.holdout import data_key
 
-        data = (evaluation.data, evaluation.max_batches)
-        if data not in self._data_keys:  # a glob of 3,844 files is read once, not per evaluation
-            self._data_keys[data] = data_key(list(evaluation.data), evaluation.max_batches)
+        memo = (tuple(data), max_batches)
+        if memo not in self._data_keys:
+            self._data_keys[memo] = data_key(list(data), max_batches)
+        return self._data_keys[memo]
+
+    def key(self, evaluation: Evaluation) -> str:
         for path in evaluation.paths:
             if path not in self._checkpoints:
                 self._checkpoints[path] = checkpoint_identity(path)
         text = json.dumps({"checkpoints": [self._checkpoints[path] for path in evaluation.paths],
-                           "data": self._data_keys[data]}, sort_keys=True)
+                           "data": self.data_key(evaluation.data, evaluation.max_batches)}, sort_keys=True)
         return hashlib.sha1(text.encode()).hexdigest()
 
     def get(self, key: str) -> dict | None:
@@ -171,6 +176,11 @@ class Timing:
 
     def to_dict(self) -> dict:
         return {**dataclasses.asdict(self), "speedup": self.evaluation_s / self.wall_s if self.wall_s else 0.0}
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "Timing":
+        """The timing `to_dict` wrote (zoo.json's `timing`); what it lacks counts as 0."""
+        return cls(**{field.name: values[field.name] for field in dataclasses.fields(cls) if field.name in values})
 
 
 def timed_score(evaluations: Sequence[Evaluation], timing: Timing, parallel: bool = True,

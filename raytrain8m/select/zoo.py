@@ -257,7 +257,6 @@ def build_zoo(run_dirs: Iterable[str | os.PathLike], validate_data: str | Sequen
     from raytrain8m.models import size_mib
     from raytrain8m.records import tracking
     from raytrain8m.records.checkpoint import list_checkpoints, read_config, read_state, recorded_score
-    from raytrain8m.records.holdout import data_key
     from raytrain8m.select.average import average as write_average
     from raytrain8m.select.average import candidate_ranges
     from raytrain8m.select.scoring import SCORES_JSON, Evaluation, ScoreCache, Timing, timed_score
@@ -281,7 +280,7 @@ def build_zoo(run_dirs: Iterable[str | os.PathLike], validate_data: str | Sequen
     #    the rest evaluated at once
     singles = [(number, index) for number, (_, _, checkpoints) in enumerate(models)
                for index in range(0, len(checkpoints), interval)]
-    key = data_key(choose, eval_batches) if recorded else None
+    key = cache.data_key(choose, eval_batches) if cache else None
     known = {single: recorded_score(models[single[0]][2][single[1]], key) for single in singles} if key else {}
     missing = [single for single in singles if known.get(single) is None]
     results = dict(zip(missing, timed_score([Evaluation(models[number][1].name, (str(models[number][2][index]),),
