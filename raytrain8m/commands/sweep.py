@@ -111,6 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     console(args.verbose, log_format=LOG_NAMED)
     from raytrain8m.pipeline.stages import check_students, distill_stage, zoo_of_sweep
+    from raytrain8m.select.scoring import Timing
     from raytrain8m.sweep import placement
     from raytrain8m.sweep import records as sweep_records
     from raytrain8m.sweep import tune as sweep
@@ -153,11 +154,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(zoo.table())
     print(f"\n{len(result.completed)}/{len(result.trials)} trials in {result.wall_s:.0f} s; "
           f"zoo: {zoo.path}")
-    timing = zoo.timing or {}
-    earlier = f"{timing['from_earlier']} from an earlier scoring, " if timing.get("from_earlier") else ""
-    print(f"zoo scoring: {timing.get('from_training', 0)} checkpoint scores from training, {earlier}"
-          f"{timing.get('evaluations', 0)} evaluations, {timing.get('evaluation_s', 0):.0f} s of "
-          f"evaluation in {timing.get('wall_s', 0):.0f} s wall")
+    print(f"zoo scoring: {Timing.from_dict(zoo.timing or {}).describe()}")
     return 1 if failed else 0
 
 
