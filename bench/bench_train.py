@@ -117,8 +117,8 @@ def bench_ray(args: argparse.Namespace) -> dict:
     from raytrain8m.data import generate
     from raytrain8m.models import ModelConfig
     from raytrain8m.records import tracking
-    from raytrain8m.train.config import TrainConfig
     from raytrain8m.runtime import localray
+    from raytrain8m.train.config import TrainConfig
     from raytrain8m.train.driver import fit
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -260,7 +260,7 @@ def _loopback_node():
 
 
 # Training's own lines on rank 0 (`train/loop.py`: start, progress, validation): each trial's
-# shown as it comes, however alike two trials' lines are (`compat.never_deduplicate`).
+# shown as it comes, however alike two trials' lines are (`never_deduplicate`).
 PROGRESS_LINES = r"^(starting|resuming) \S+ at step \d+ of \d+ on |^step \d+(/\d+ \(| +validate gap )"
 
 
