@@ -459,3 +459,25 @@ def test_shuffled_batches_keep_rows_whole_and_order_without_a_buffer():
     # a row leaves only once the buffer is full: the first batch comes from the first 10 rows
     assert max(shuffled[0]["n"]) < 10
 
+
+def test_a_training_runs_blocks_stay_small_however_many_videos_a_file_holds(ray_session, tmp_path):
+    """What a run holds in the object store is counted in blocks; Ray Data's own blocks (up to
+    128 MiB, 384 videos at 300 frames) overflowed a 1 GiB store into spilling on long runs."""
+    from raytrain8m.data import generate
+    from raytrain8m.data.datasource import BLOCK_BYTES, tensor_block_rows
+    from raytrain8m.models.config import ModelConfig
+    from raytrain8m.train.config import TrainConfig
+    from raytrain8m.train.driver import train_dataset
+
+    generate(str(tmp_path), videos=300, classes=3862, max_frames=300, shards=1, seed=0, progress=False,
+             validate_fraction=0.0, test_fraction=0.0)  # one file of 300 videos, the paper's classes
+    config = TrainConfig(model=ModelConfig.from_name("K4-H16", num_classes=3862), max_frames=300,
+                         train_data=str(tmp_path / "train*.tfrecord"))
+    dataset, _ = train_dataset(config)
+    blocks = list(dataset.iter_batches(batch_size=None, batch_format="numpy"))
+    assert tensor_block_rows(3862, 300) == 96  # what a read task yields at a time
+    assert sum(len(block["num_frames"]) for block in blocks) == 300
+    # Ray Data regroups yields towards its target block size (here BLOCK_BYTES), slicing only
+    # blocks 1.5 times above it; at its default 128 MiB the file (105 MB) was one block.
+    assert len(blocks) >= 3
+    assert max(sum(column.nbytes for column in block.values()) for block in blocks) <= 1.5 * BLOCK_BYTES

@@ -19,10 +19,23 @@ from ray.data.datasource import FileBasedDatasource
 
 from raytrain8m.data.examples import FRAME_SCHEMA, VIDEO_SCHEMA, decode_rows, rows_to_batch, rows_to_step_arrays
 from raytrain8m.data.files import expand
-from raytrain8m.data.schema import MAX_FRAMES
+from raytrain8m.data.schema import FEATURE_SIZE, MAX_FRAMES
 from raytrain8m.data.tfrecord import ReadStats, iter_framed
 
 log = logging.getLogger(__name__)
+
+# A `layout="tensors"` block's size: 96 videos at 300 frames and 3,862 classes. What a training
+# run holds in the object store is counted in blocks (each running read task's unread outputs,
+# the ordered output queue, streaming_split's read-ahead to the worker), so it grows with the
+# block; at Ray Data's own 128 MiB the read-ahead overflowed a 1 GiB store and spilled every
+# byte a long run read (bench/train_step.py; docs/design.md, memory).
+BLOCK_BYTES = 32 * 2**20
+ROWS_PER_BLOCK = 256  # `layout="rows"`: videos a read task decodes at a time
+
+
+def tensor_block_rows(num_classes: int, max_frames: int, block_bytes: int = BLOCK_BYTES) -> int:
+    """Videos in a `layout="tensors"` block of at most `block_bytes` (frames, labels, num_frames)."""
+    return max(1, block_bytes // (max_frames * FEATURE_SIZE + num_classes + 4))
 
 
 @ray.remote(num_cpus=0)
@@ -47,7 +60,7 @@ class YouTube8MDatasource(FileBasedDatasource):
 
     def __init__(self, paths: str | list[str], num_classes: int | None = None,
                  video_level: bool = False, skip_corrupt: bool = False,
-                 max_frames: int = MAX_FRAMES, records_per_block: int = 256, skip_counter=None,
+                 max_frames: int = MAX_FRAMES, records_per_block: int | None = None, skip_counter=None,
                  layout: str = "rows", ids: bool = True, **file_based_args):
         if layout not in LAYOUTS:
             raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
@@ -60,7 +73,8 @@ class YouTube8MDatasource(FileBasedDatasource):
         self._video_level = video_level
         self._skip_corrupt = skip_corrupt
         self._max_frames = max_frames
-        self._records_per_block = records_per_block
+        self._records_per_block = records_per_block or (
+            ROWS_PER_BLOCK if layout == "rows" else tensor_block_rows(num_classes, max_frames))
         self._skip_counter = skip_counter  # a SkipCounter actor, or None
 
     def _read_stream(self, f: pa.NativeFile, path: str) -> Iterator[pa.Table]:

@@ -147,10 +147,11 @@ DATA_STORE_FRACTION = 0.25  # of the object store, for a training run's read-ahe
 def train_dataset(config: TrainConfig, skip_counter=None):
     """The Ray Dataset a training run's workers read and the execution options it runs under:
     the step's own inputs as tensor columns, one read task per file, files reshuffled each epoch
-    (the same way for a seed) and blocks kept in file order."""
+    (the same way for a seed), blocks of at most 32 MiB kept in file order."""
     from ray.train import DataConfig
 
     from raytrain8m.data import read_dataset
+    from raytrain8m.data.datasource import BLOCK_BYTES
     from raytrain8m.runtime import compat
 
     dataset = read_dataset(config.train_data, num_classes=config.model.num_classes, max_frames=config.max_frames,
@@ -165,6 +166,9 @@ def train_dataset(config: TrainConfig, skip_counter=None):
     # in streaming_split's coordinator and in the workers' prefetch are not counted in that
     # budget, and with half they overflowed a 1 GiB store into spilling (bench/train_step.py).
     dataset.context.override_object_store_memory_limit_fraction = DATA_STORE_FRACTION
+    # Blocks of BLOCK_BYTES, as the read tasks yield them (Ray Data would merge them up to its
+    # 128 MiB): the read-ahead in flight is counted in blocks (datasource.BLOCK_BYTES).
+    dataset.context.target_max_block_size = BLOCK_BYTES
     return dataset, ingest
 
 
