@@ -28,15 +28,32 @@ def test_refuses_a_local_ray_without_token_auth(monkeypatch):
     localray.check_auth()
 
 
+# `jobs/train.py` run as its door runs it, then whether TensorFlow was loaded (not only named:
+# `raytrain8m.runtime.lazy` puts a module not yet executed in sys.modules).
+TRAIN_DOOR = """
+import runpy, sys
+sys.argv = ["train.py", *sys.argv[1:]]
+try:
+    runpy.run_path({path!r}, run_name="__main__")
+except SystemExit as exit:
+    print("tensorflow loaded:", "tensorflow.python" in sys.modules, file=sys.stderr)
+    sys.exit(exit.code)
+"""
+
+
 def test_a_command_refuses_to_start_ray_with_auth_disabled(tmp_path):
+    """Refused at once; and `jobs/train.py`'s own process never loads TensorFlow (its workers
+    do), which cost every run's start 4–6 s on 2 cores."""
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAYTRAIN8M_RUNS": str(tmp_path / "runs"),
            "RAYTRAIN8M_DATA": str(tmp_path / "data"), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
     env.pop("RAY_ADDRESS", None)
-    done = subprocess.run([sys.executable, str(REPO / "jobs" / "train.py"), "--smoke", "--out", str(tmp_path / "out")],
+    door = TRAIN_DOOR.format(path=str(REPO / "jobs" / "train.py"))
+    done = subprocess.run([sys.executable, "-c", door, "--smoke", "--out", str(tmp_path / "out")],
                           env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 2, done.stderr[-2000:]
     assert "error: RAY_AUTH_MODE=disabled" in done.stderr
     assert "Traceback" not in done.stderr
+    assert "tensorflow loaded: False" in done.stderr
 
 
 def test_local_ray_listens_on_loopback_only_with_token_auth(ray_session):
