@@ -140,6 +140,37 @@ def test_the_fused_adam_runs_one_kernel_a_weight_and_updates_as_keras_adam(monke
         np.testing.assert_allclose(fused[name], value, rtol=1e-4, atol=1e-5, err_msg=name)
 
 
+def test_a_snapshot_keeps_its_steps_values_while_training_goes_on():
+    """Snapshots are reads that share the variables' buffers (no copy to numpy): what they hold
+    must stay as it was while later steps update the weights, the EMA and Adam's slots in
+    place, or a checkpoint written after an evaluation would hold other values than it scored."""
+    import tensorflow as tf
+
+    from raytrain8m.models import MODELS
+    from raytrain8m.train import loop
+
+    rng = np.random.default_rng(1)
+    inputs = (rng.integers(0, 256, (8, 10, 1152), dtype=np.uint8), rng.integers(1, 11, 8).astype(np.int32),
+              (rng.random((8, CLASSES)) < 0.2).astype(np.uint8))
+    config = TrainConfig(model=TINY, batch_size=8, max_frames=10, learning_rate=1e-2, ema_decay=0.9)
+    model = MODELS["gated_netvlad"](TINY, seed=0)
+    optimizer = loop.make_optimizer(config)
+    optimizer.build([variable for variable in model.variables.values() if variable.trainable])
+    ema = loop.make_ema(model, config)
+    step = loop.make_train_step(model, optimizer, tf.distribute.get_strategy(), config, ema)
+    step(*inputs)
+    taken = loop.snapshot(model, optimizer, ema)
+    held = {name: np.array(value, copy=True) for name, value in taken.items()}
+    step(*inputs)
+    step(*inputs)
+    later = loop.snapshot(model, optimizer, ema)
+    moved = [name for name in held if not np.array_equal(np.asarray(later[name]), held[name])]
+    assert any(name.startswith(loop.EMA_PREFIX) for name in moved)
+    assert any("velocity" in name for name in moved) and any(name in model.variables for name in moved)
+    for name, value in held.items():
+        np.testing.assert_array_equal(np.asarray(taken[name]), value, err_msg=name)
+
+
 # --- slow: processes of their own ------------------------------------------------------------
 
 def _free_port() -> int:

@@ -161,11 +161,20 @@ def optimizer_tensors(optimizer: keras.optimizers.Optimizer) -> dict[str, tf.Var
     return {OPTIMIZER_PREFIX + variable.path: variable for variable in optimizer.variables}
 
 
-def snapshot(model, optimizer, ema: dict[str, tf.Variable] | None = None) -> dict[str, np.ndarray]:
-    """Every variable as numpy. All workers call this at the same step: it reduces ON_READ ones."""
-    tensors = {name: variable.numpy() for name, variable in sorted(model.variables.items())}
-    tensors.update({EMA_PREFIX + name: variable.numpy() for name, variable in sorted((ema or {}).items())})
-    tensors.update({name: np.asarray(variable.numpy()) for name, variable in optimizer_tensors(optimizer).items()})
+def snapshot(model, optimizer, ema: dict[str, tf.Variable] | None = None) -> dict[str, tf.Tensor]:
+    """Every variable's value now. All workers call this at the same step: it reduces ON_READ ones.
+
+    Tensors, not numpy: a read shares the variable's buffer, and TensorFlow copies a buffer
+    before updating it in place while a read of it is held, so later steps leave the snapshot
+    as it was. `.numpy()` copied every weight into new host memory, and the checkpoint's SaveV2
+    copied it back: for K16-H256 at 3862 classes (476 MB with Adam's slots) 1.2 s and 5 s at
+    a run's first checkpoint, its pages touched for the first time."""
+    def read(variable) -> tf.Tensor:
+        return (variable.value if isinstance(variable, keras.Variable) else variable).read_value()
+
+    tensors = {name: read(variable) for name, variable in sorted(model.variables.items())}
+    tensors.update({EMA_PREFIX + name: read(variable) for name, variable in sorted((ema or {}).items())})
+    tensors.update({name: read(variable) for name, variable in optimizer_tensors(optimizer).items()})
     return tensors
 
 
@@ -181,10 +190,11 @@ def diverged(config: TrainConfig, what: str, step: int) -> TrainingError:
                          f"(now {config.learning_rate:g}); checkpoints before step {step} are kept")
 
 
-def check_finite(tensors: dict[str, np.ndarray], config: TrainConfig, step: int) -> None:
+def check_finite(tensors: dict[str, tf.Tensor], config: TrainConfig, step: int) -> None:
     """Refuse to evaluate or checkpoint inf/NaN weights. The loss alone misses them: training
     batch norm uses batch statistics while its moving variance overflows to inf."""
-    bad = [name for name, value in tensors.items() if not np.isfinite(value).all()]
+    bad = [name for name, value in tensors.items()
+           if tf.as_dtype(value.dtype).is_floating and not bool(tf.reduce_all(tf.math.is_finite(value)))]
     if bad:
         raise diverged(config, f"weights ({', '.join(bad[:3])}{', …' if len(bad) > 3 else ''})", step)
 
