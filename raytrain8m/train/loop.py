@@ -524,6 +524,9 @@ def _train(config: TrainConfig, reading: Iterator[tuple] | None = None) -> None:
             # reporting every log step would throttle fast steps to one window per poll.
             state = checkpoint_state(config, step, step * global_batch, resumed_from, optimizer, metrics, scores)
             _report(metrics, rank, step, config, tensors if do_checkpoint else None, state, logger)
+        # Let go of the snapshot now: it shares the variables' buffers, and the next step would
+        # copy each one it updates while it is held (a model and its Adam slots, on the GPU).
+        tensors = averaged = None
         window_start, window_losses = time.perf_counter(), []
 
 
