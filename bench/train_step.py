@@ -24,6 +24,9 @@ Train run (jobs/train.py's path: `fit` on official-format shards) keeps of it. L
 - `spilled_mib`: what the object store spilled to disk during the run (Ray's memory summary);
   anything above 0 means blocks outgrew the store and the run paid to write and read them back.
 - `startup_s`: the run's wall time (from before `ray.init`) minus its steps at the steady rate.
+- `ray_input_wait_fraction`: the share of the timed windows the Ray run's step spent waiting for
+  its next batch (MLflow's `input_wait_fraction`, which every run logs): 0 when reading keeps
+  ahead of the step, whatever else slows it.
 """
 from __future__ import annotations
 
@@ -176,7 +179,9 @@ def ray_run(config, args: argparse.Namespace, tmp: str) -> dict:
     try:
         result = fit(config)
         wall = time.perf_counter() - start
-        history = tracking.client(config.tracking_uri).get_metric_history(result.mlflow_run_id, "examples_per_sec")
+        client = tracking.client(config.tracking_uri)
+        history = client.get_metric_history(result.mlflow_run_id, "examples_per_sec")
+        waits = client.get_metric_history(result.mlflow_run_id, "input_wait_fraction")
         spilled = spilled_mib()
     finally:
         ray.shutdown()
@@ -186,7 +191,9 @@ def ray_run(config, args: argparse.Namespace, tmp: str) -> dict:
     rate = len(timed) / sum(1 / value for value in timed)  # windows of equal steps: harmonic mean
     # The timed windows' ends as logged, but the last: it is logged after the final evaluation.
     steady = [metric.timestamp / 1000 for metric in history if metric.step >= args.warmup][:-1]
+    waited = [metric.value for metric in waits if metric.step > args.warmup]
     return {"ray_examples_per_s": rate, "startup_s": wall - steps * config.batch_size / rate,
+            "ray_input_wait_fraction": sum(waited) / len(waited) if waited else None,
             "ray_wall_s": wall, "ray_steps": steps, "ray_cpu_cores": sampler.cores(steady[0], steady[-1]),
             "spilled_mib": spilled}
 

@@ -227,8 +227,11 @@ def test_mlflow_holds_params_metrics_sizes_and_checkpoint_locations(trained):
     assert run.data.params["learning_rate"] == "0.01" and run.data.params["batch_size"] == "8"
     assert run.data.tags["test"] == "test_train"
     assert run.data.tags["devices"] == "CPU:0"  # what rank 0 trained on (a GPU's name on GPU nodes)
-    for key in ("loss", "gap", "examples_per_sec", "fp32_mib", "fp16_mib"):
+    for key in ("loss", "gap", "examples_per_sec", "input_wait_fraction", "fp32_mib", "fp16_mib"):
         assert key in run.data.metrics, key
+    waits = tracking.client(trained.config.tracking_uri).get_metric_history(trained.mlflow_run_id,
+                                                                            "input_wait_fraction")
+    assert waits and all(0 <= metric.value <= 1 for metric in waits)  # one a logged window
     locations = tracking.checkpoint_locations(trained.mlflow_run_id, trained.config.tracking_uri)
     assert locations == {read_state(path)["step"]: str(path) for path in trained.checkpoints}
     found = tracking.find_runs("test-train", "params.cluster_size = '4'", uri=trained.config.tracking_uri)

@@ -56,6 +56,29 @@ def test_prefetch_hands_over_batches_in_order_and_reraises_the_readers_error():
     assert list(Prefetcher(iter([(1,), (2,)]), depth=1)) == [(1,), (2,)]  # a source that ends, ends
 
 
+def test_prefetch_counts_the_time_its_consumer_waits_for_items():
+    """What `input_wait_fraction` (a training window's share spent waiting for batches) is made
+    of: a source slower than its consumer makes it wait at least the source's own time, less
+    what it already had ready; a consumer slower than its source hardly waits at all."""
+    import time
+
+    from raytrain8m.train.prefetch import Prefetcher
+
+    def slow(items: int, seconds: float):
+        for index in range(items):
+            time.sleep(seconds)
+            yield (index,)
+
+    reading = Prefetcher(slow(5, 0.2), depth=1)  # 1 s of reading, asked for at once
+    assert [item for (item,) in reading] == [0, 1, 2, 3, 4]
+    assert reading.take_waited() >= 0.5  # at most one item (0.2 s) made before the first ask
+    assert reading.take_waited() == 0.0  # taken: the next window starts from nothing
+    reading = Prefetcher(slow(3, 0.2), depth=3)  # 0.6 s of reading
+    time.sleep(1.5)  # all of it done while the consumer was busy
+    assert [item for (item,) in reading] == [0, 1, 2]
+    assert reading.take_waited() < 0.3
+
+
 def test_prefetch_reads_ahead_before_anyone_asks_and_close_stops_it():
     """What lets a worker read while it imports TensorFlow: the thread starts at once, fills
     `depth` items and waits; `close()` ends it (and the iteration) without a consumer."""

@@ -499,6 +499,8 @@ def _train(config: TrainConfig, reading: Iterator[tuple] | None = None) -> None:
         metrics = {"step": step, "examples": step * global_batch,
                    "loss": float(tf.reduce_mean(tf.stack(window_losses))),
                    "examples_per_sec": len(window_losses) * global_batch / max(elapsed, 1e-9),
+                   # the window's share the step waited for its batches: input-bound when high
+                   "input_wait_fraction": min(1.0, data.take_waited() / max(elapsed, 1e-9)),
                    "learning_rate": float(optimizer.learning_rate.numpy()), **loss_scale.metrics()}
         tensors = snapshot(model, optimizer, ema) if do_checkpoint or do_eval else None
         scores = None

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from typing import Iterator
 
 import numpy as np
@@ -46,9 +47,11 @@ _END = object()  # the source is exhausted
 class Prefetcher:
     """`source`'s items, made up to `depth` ahead in a thread that starts at once; the source's
     error is raised where the item would have been. `close()` (or the end of a `with` block)
-    stops the thread, consumed or not, and ends the iteration."""
+    stops the thread, consumed or not, and ends the iteration. `take_waited()`: the seconds
+    the consumer spent waiting for items since it last asked (0 when reading keeps ahead)."""
 
     def __init__(self, source: Iterator[tuple], depth: int):
+        self._waited = 0.0
         self._ready: queue.Queue = queue.Queue(maxsize=max(1, depth))
         self._stop = threading.Event()
         self._done = False
@@ -78,6 +81,17 @@ class Prefetcher:
         return self
 
     def __next__(self) -> tuple:
+        asked = time.perf_counter()
+        try:
+            return self._next()
+        finally:
+            self._waited += time.perf_counter() - asked
+
+    def take_waited(self) -> float:
+        waited, self._waited = self._waited, 0.0
+        return waited
+
+    def _next(self) -> tuple:
         while not self._done:
             try:
                 item, error = self._ready.get(timeout=0.1)
