@@ -31,15 +31,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 def one_process(way: str, model_name: str, classes: int, checkpoints: int) -> dict:
     """Runs in a fresh process: build, snapshot and save `checkpoints` times, timing each."""
     import shutil
-    import socket
     import tempfile
     import time
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    os.environ["TF_CONFIG"] = json.dumps({"cluster": {"worker": [f"127.0.0.1:{port}"]},
-                                          "task": {"type": "worker", "index": 0}})
     import numpy as np
 
     from raytrain8m.models.config import ModelConfig
@@ -49,11 +43,8 @@ def one_process(way: str, model_name: str, classes: int, checkpoints: int) -> di
     from raytrain8m.train.config import TrainConfig
 
     config = TrainConfig(model=ModelConfig.from_name(model_name, num_classes=classes))
-    strategy = tf.distribute.MultiWorkerMirroredStrategy()
-    with strategy.scope():
-        model = loop.MODELS[config.model.model](config.model, seed=0)
-        optimizer = loop.make_optimizer(config)
-        optimizer.build([variable for variable in model.variables.values() if variable.trainable])
+    with tf.distribute.MultiWorkerMirroredStrategy().scope():  # one worker, as a 1-worker run's
+        model, optimizer = loop.make_model_and_optimizer(config)
     result = {"snapshot_s": [], "save_s": []}
     for index in range(checkpoints):
         for variable in model.variables.values():  # a step's update, so no checkpoint repeats the last

@@ -67,15 +67,12 @@ def bare_step(config, args: argparse.Namespace) -> tuple[Callable[[], float], st
     import numpy as np
     import tensorflow as tf
 
-    from raytrain8m.models import MODELS
-    from raytrain8m.train.loop import make_optimizer, make_train_step
+    from raytrain8m.train.loop import make_model_and_optimizer, make_train_step
     from raytrain8m.train.mixed_precision import matmul_dtypes
 
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
     with strategy.scope():
-        model = MODELS[config.model.model](config.model, seed=0)
-        optimizer = make_optimizer(config)
-        optimizer.build([variable for variable in model.variables.values() if variable.trainable])
+        model, optimizer = make_model_and_optimizer(config.replace(seed=0))
     step = make_train_step(model, optimizer, strategy, config)
     rng = np.random.default_rng(0)
     inputs = (tf.constant(rng.integers(0, 256, (config.batch_size, config.max_frames, 1152), dtype=np.uint8)),

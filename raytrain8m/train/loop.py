@@ -73,6 +73,15 @@ class StaircaseDecay(keras.optimizers.schedules.LearningRateSchedule):
 PreReducedAdam = compat.without_gradient_sum(FusedAdam)
 
 
+def make_model_and_optimizer(config: TrainConfig):
+    """The run's model (`config.seed`) and its optimizer, built on the trainable weights, in the
+    current distribution strategy's scope."""
+    model = MODELS[config.model.model](config.model, seed=config.seed)
+    optimizer = make_optimizer(config)
+    optimizer.build([variable for variable in model.variables.values() if variable.trainable])
+    return model, optimizer
+
+
 def make_optimizer(config: TrainConfig) -> keras.optimizers.Optimizer:
     schedule = StaircaseDecay(config.learning_rate, config.decay_rate, config.decay_examples,
                               config.global_batch_size)
@@ -442,9 +451,7 @@ def _train(config: TrainConfig, reading: Iterator[tuple] | None = None) -> None:
     tf.random.set_seed(config.seed * 1000 + rank)  # per-worker frame sampling; weights use stateless seeds
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
     with strategy.scope():
-        model = MODELS[config.model.model](config.model, seed=config.seed)
-        optimizer = make_optimizer(config)
-        optimizer.build([variable for variable in model.variables.values() if variable.trainable])
+        model, optimizer = make_model_and_optimizer(config)
         ema = make_ema(model, config)
         loss_scale = mixed_precision.loss_scale(config.mixed_precision)
     state: dict[str, Any] = {}
@@ -545,9 +552,7 @@ def train_locally(config: TrainConfig) -> tuple[Any, list[float]]:
     if config.num_workers != 1:
         raise TrainingError("train_locally runs one worker; set batch_size to the global batch instead")
     strategy = tf.distribute.get_strategy()
-    model = MODELS[config.model.model](config.model, seed=config.seed)
-    optimizer = make_optimizer(config)
-    optimizer.build([variable for variable in model.variables.values() if variable.trainable])
+    model, optimizer = make_model_and_optimizer(config)
     ema = make_ema(model, config)
     train_step = make_train_step(model, optimizer, strategy, config, ema)
     teacher = load_teacher(config)
